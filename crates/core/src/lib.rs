@@ -1,0 +1,15 @@
+//! The ground every ess component stands on.
+//!
+//! # Layout
+//! - [`config`]: the one typed configuration (TOML file, `ESS_*` environment, `--set` flags)
+//!   shared by every subcommand, with one section per component and per dependency.
+//! - [`event`]: the canonical event as it travels through Kafka, and its millisecond timestamps.
+//! - [`schema`]: the ClickHouse tables, chosen by server version, and the row the sink writes.
+//! - [`clickhouse`]: connecting to ClickHouse and telling old servers from current ones.
+
+pub mod clickhouse;
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod migrate;
+pub mod schema;

@@ -1,0 +1,216 @@
+//! Subcommands and how they wire the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use ess_core::config::{BrokerBuild, Config, Profile};
+use ess_stack::Stack;
+
+/// HTTP events → Kafka → ClickHouse, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "ess", version, about)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "ESS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set kafka.partitions=16` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the local stack: ZooKeeper, ClickHouse and the broker.
+    Stack {
+        #[command(subcommand)]
+        action: StackAction,
+    },
+    /// Create the Kafka topics and the ClickHouse database and tables (idempotent).
+    Migrate,
+    /// Print the effective configuration as TOML.
+    Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum StackAction {
+    /// Install what is missing, start everything and wait until it serves.
+    Up {
+        /// Cluster (2 shards × 2 replicas with ZooKeeper) or a single server.
+        #[arg(long, value_enum)]
+        profile: Option<ProfileArg>,
+        /// Broker build: the prebuilt wheel (memory storage) or the durable cargo build.
+        #[arg(long, value_enum)]
+        broker: Option<BrokerArg>,
+    },
+    /// Show what runs where.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop everything the stack started.
+    Down,
+    /// Start one stopped service (e.g. `clickhouse-3`).
+    Start {
+        /// Service name as `status` prints it.
+        name: String,
+    },
+    /// Stop one service gracefully.
+    Stop {
+        /// Service name as `status` prints it.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProfileArg {
+    Cluster,
+    Single,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BrokerArg {
+    Wheel,
+    Durable,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref(), &cli.set)?;
+    match cli.command {
+        Command::Stack { action } => stack(&mut config, action).await,
+        Command::Migrate => {
+            let done = ess_core::migrate::run(&config).await?;
+            println!(
+                "migrated: ClickHouse {} ({:?} schema), database {}, table {}{}",
+                done.version.text,
+                done.schema.flavor,
+                done.schema.database,
+                done.schema.table,
+                if done.created_topics.is_empty() {
+                    String::new()
+                } else {
+                    format!(", created topics {}", done.created_topics.join(", "))
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn stack(config: &mut Config, action: StackAction) -> anyhow::Result<ExitCode> {
+    let mut stack = Stack::new(&config.stack);
+    if let Some(profile) = stack.recorded_profile() {
+        stack = stack.with_profile(profile);
+    }
+    match action {
+        StackAction::Up { profile, broker } => {
+            if let Some(broker) = broker {
+                config.stack.broker = match broker {
+                    BrokerArg::Wheel => BrokerBuild::Wheel,
+                    BrokerArg::Durable => BrokerBuild::Durable,
+                };
+                stack = Stack::new(&config.stack).with_profile(stack.config().profile);
+            }
+            if let Some(profile) = profile {
+                stack = stack.with_profile(match profile {
+                    ProfileArg::Cluster => Profile::Cluster,
+                    ProfileArg::Single => Profile::Single,
+                });
+            }
+            stack.up().await.context("ess stack up")?;
+            print_status(&stack, false).await;
+            if stack.config().profile == Profile::Single {
+                println!(
+                    "single profile: run other commands with --set clickhouse.cluster= \
+                     --set 'clickhouse.nodes=[]'"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StackAction::Status { json } => {
+            let all_up = print_status(&stack, json).await;
+            Ok(if all_up {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        StackAction::Down => {
+            let stopped = stack.down().await;
+            if stopped.is_empty() {
+                println!("nothing was running");
+            } else {
+                println!("stopped: {}", stopped.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StackAction::Start { name } => {
+            stack.start_service(&name).await?;
+            println!("{name} is up");
+            Ok(ExitCode::SUCCESS)
+        }
+        StackAction::Stop { name } => {
+            let was = stack.stop_service(&name).await?;
+            println!("{name} {}", if was { "stopped" } else { "was not running" });
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints the status table (or JSON); returns whether every service runs.
+async fn print_status(stack: &Stack, json: bool) -> bool {
+    let status = stack.status();
+    let all_up = status.iter().all(|s| s.running);
+    let cluster = if stack.config().profile == Profile::Cluster && all_up {
+        stack.cluster_replicas().await.ok()
+    } else {
+        None
+    };
+    if json {
+        let value = serde_json::json!({
+            "profile": format!("{:?}", stack.config().profile).to_lowercase(),
+            "services": status,
+            "cluster": cluster,
+        });
+        println!("{value:#}");
+        return all_up;
+    }
+    println!(
+        "{:<13} {:<8} {:>8} {:>8}  {:<18} {:<36} dir",
+        "service", "state", "pid", "rss", "ports", "role"
+    );
+    for s in &status {
+        let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
+        println!(
+            "{:<13} {:<8} {:>8} {:>8}  {:<18} {:<36} {}",
+            s.name,
+            if s.running { "running" } else { "stopped" },
+            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.rss_bytes
+                .map(|b| format!("{}M", b / (1024 * 1024)))
+                .unwrap_or_else(|| "-".into()),
+            ports.join(","),
+            s.detail,
+            s.dir.display()
+        );
+    }
+    if let Some(replicas) = cluster {
+        let shards = replicas.iter().map(|r| r.shard_num).max().unwrap_or(0);
+        println!(
+            "cluster {}: {} shards, {} replicas in all (system.clusters)",
+            ess_stack::CLUSTER_NAME,
+            shards,
+            replicas.len()
+        );
+    }
+    all_up
+}

@@ -1,0 +1,88 @@
+//! Shared test harness: the stack's configuration, per-test topics and databases, polling.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use ess_core::clickhouse::{Client, connect};
+use ess_core::config::Config;
+use ess_core::migrate::Migrated;
+
+/// The configuration the running stack answers to (defaults, `ESS_CONFIG`, `ESS_*`).
+pub fn stack_config() -> Config {
+    Config::load(None, &[]).expect("test configuration")
+}
+
+/// A unique lowercase suffix for names.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A topic, dead-letter topic, consumer group and ClickHouse database of the test's own,
+/// migrated; removed by [`Ephemeral::cleanup`].
+pub struct Ephemeral {
+    /// Configuration pointing at the test's own names.
+    pub config: Config,
+    /// What migration did (server version, schema).
+    pub migrated: Migrated,
+}
+
+impl Ephemeral {
+    /// Creates the names and runs `ess migrate` for them, with `partitions` topic partitions.
+    pub async fn new(partitions: i32) -> Self {
+        let mut config = stack_config();
+        let name = unique("it");
+        config.kafka.topic = format!("{name}.events");
+        config.kafka.dlq_topic = format!("{name}.dlq");
+        config.kafka.partitions = partitions;
+        config.clickhouse.database = name.clone();
+        config.sink.group_id = format!("{name}.sink");
+        let migrated = ess_core::migrate::run(&config)
+            .await
+            .expect("migrate the test's database and topic");
+        Self { config, migrated }
+    }
+
+    /// A client for the database on `url`, set up for the server's version.
+    pub async fn client(&self, url: &str) -> Client {
+        let (client, _) = connect(&self.config.clickhouse, url)
+            .await
+            .expect("connect to ClickHouse");
+        client.with_database(&self.config.clickhouse.database)
+    }
+
+    /// Drops the database and the topics.
+    pub async fn cleanup(self) {
+        let ch = &self.config.clickhouse;
+        if let Ok((client, _)) = connect(ch, &ch.url).await {
+            let _ = client
+                .query(&self.migrated.schema.drop_database())
+                .execute()
+                .await;
+        }
+        for topic in [&self.config.kafka.topic, &self.config.kafka.dlq_topic] {
+            let _ = ess_core::kafka::delete_topic(&self.config.kafka, topic).await;
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

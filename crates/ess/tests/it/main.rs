@@ -1,0 +1,7 @@
+//! Integration tests against the real broker and ClickHouse cluster that `ess stack up`
+//! starts (see the README). Each test works in its own topic and database.
+
+mod broker;
+mod common;
+mod schema;
+mod stack;
