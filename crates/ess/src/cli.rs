@@ -31,6 +31,16 @@ enum Command {
     },
     /// Create the Kafka topics and the ClickHouse database and tables (idempotent).
     Migrate,
+    /// Serve the HTTP ingest API (events → Kafka).
+    Ingest,
+    /// Consume events from Kafka into ClickHouse.
+    Sink,
+    /// Generate load against an ingest endpoint.
+    Load(ess_load::LoadArgs),
+    /// Check a load run against ClickHouse: lost, duplicated, latency.
+    Verify(ess_load::VerifyArgs),
+    /// The whole pipeline on the local stack with a verified report.
+    Demo(crate::demo::DemoArgs),
     /// Print the effective configuration as TOML.
     Config,
 }
@@ -99,11 +109,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ingest => {
+            ess_ingest::run(config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sink => {
+            ess_sink::run(config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load(args) => Ok(exit(ess_load::load(&config, args).await?)),
+        Command::Verify(args) => Ok(exit(ess_load::verify(&config, args).await?)),
+        Command::Demo(args) => Ok(exit(crate::demo::run(config, args).await?)),
         Command::Config => {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 async fn stack(config: &mut Config, action: StackAction) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! `main` parses flags and configuration and hands over to the library crates.
 
 mod cli;
+mod demo;
 
 use clap::Parser;
 

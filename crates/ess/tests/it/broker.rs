@@ -8,7 +8,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::common::Ephemeral;
+use ess_testkit::Ephemeral;
 
 fn consumer(eph: &Ephemeral) -> StreamConsumer {
     ess_core::kafka::client_config(&eph.config.kafka)

@@ -2,6 +2,5 @@
 //! starts (see the README). Each test works in its own topic and database.
 
 mod broker;
-mod common;
 mod schema;
 mod stack;

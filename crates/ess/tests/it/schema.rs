@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ess_core::schema::EventRow;
 
-use crate::common::{Ephemeral, eventually};
+use ess_testkit::{Ephemeral, eventually};
 
 fn row(i: i64) -> EventRow {
     EventRow {

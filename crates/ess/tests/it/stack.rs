@@ -5,7 +5,7 @@ use ess_stack::Stack;
 use ess_stack::process::PidFile;
 
 fn private_stack(name: &str, port_base: u16) -> Stack {
-    let dir = std::env::temp_dir().join(crate::common::unique(name));
+    let dir = std::env::temp_dir().join(ess_testkit::unique(name));
     let config = StackConfig {
         profile: Profile::Cluster,
         state_dir: dir,
@@ -63,7 +63,7 @@ async fn up_is_idempotent_shows_two_shards_two_replicas_and_down_stops_everythin
 async fn up_names_a_port_taken_by_someone_else() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = squatter.local_addr().expect("addr").port();
-    let dir = std::env::temp_dir().join(crate::common::unique("squat"));
+    let dir = std::env::temp_dir().join(ess_testkit::unique("squat"));
     let config = StackConfig {
         profile: Profile::Single,
         state_dir: dir.clone(),

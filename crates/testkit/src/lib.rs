@@ -1,4 +1,5 @@
-//! Shared test harness: the stack's configuration, per-test topics and databases, polling.
+//! Test harness for integration tests against the real stack that `ess stack up` runs:
+//! its configuration, per-test topics and databases, polling with a deadline.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -9,7 +10,10 @@ use ess_core::migrate::Migrated;
 
 /// The configuration the running stack answers to (defaults, `ESS_CONFIG`, `ESS_*`).
 pub fn stack_config() -> Config {
-    Config::load(None, &[]).expect("test configuration")
+    match Config::load(None, &[]) {
+        Ok(config) => config,
+        Err(e) => panic!("test configuration: {e}"),
+    }
 }
 
 /// A unique lowercase suffix for names.
@@ -22,6 +26,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// A topic, dead-letter topic, consumer group and ClickHouse database of the test's own,
 /// migrated; removed by [`Ephemeral::cleanup`].
+#[derive(Debug)]
 pub struct Ephemeral {
     /// Configuration pointing at the test's own names.
     pub config: Config,

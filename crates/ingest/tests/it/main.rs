@@ -1,0 +1,1 @@
+//! Integration tests of ess-ingest against the real stack.

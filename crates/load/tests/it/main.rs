@@ -1,0 +1,1 @@
+//! Integration tests of ess-load against the real stack.

@@ -1,0 +1,1 @@
+//! Integration tests of ess-sink against the real stack.
