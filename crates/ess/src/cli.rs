@@ -30,7 +30,14 @@ enum Command {
         action: StackAction,
     },
     /// Create the Kafka topics and the ClickHouse database and tables (idempotent).
-    Migrate,
+    Migrate {
+        /// Print the DDL instead of applying it (no server is contacted).
+        #[arg(long)]
+        print: bool,
+        /// With --print: the ClickHouse version to write the DDL for.
+        #[arg(long, default_value = "18.16.1", requires = "print")]
+        server_version: String,
+    },
     /// Serve the HTTP ingest API (events → Kafka).
     Ingest,
     /// Consume events from Kafka into ClickHouse.
@@ -93,7 +100,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(cli.config.as_deref(), &cli.set)?;
     match cli.command {
         Command::Stack { action } => stack(&mut config, action).await,
-        Command::Migrate => {
+        Command::Migrate {
+            print: true,
+            server_version,
+        } => {
+            let version = ess_core::clickhouse::ServerVersion::parse(&server_version)
+                .with_context(|| {
+                    format!("--server-version {server_version:?} is not major.minor")
+                })?;
+            let schema = ess_core::schema::Schema::new(&config.clickhouse, version.flavor());
+            for statement in schema.ddl() {
+                println!("{statement};");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { print: false, .. } => {
             let done = ess_core::migrate::run(&config).await?;
             println!(
                 "migrated: ClickHouse {} ({:?} schema), database {}, table {}{}",

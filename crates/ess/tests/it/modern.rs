@@ -1,0 +1,160 @@
+//! Current ClickHouse (26.x, through chDB in-process): the DDL `ess migrate` writes for it is
+//! accepted, and the RowBinary the client sends for an [`EventRow`] loads into that table with
+//! every value, millisecond times included, intact.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use ess_core::schema::EventRow;
+
+type Captured = Arc<Mutex<Vec<(String, Bytes)>>>;
+
+async fn capture(
+    State(captured): State<Captured>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> &'static str {
+    if let Ok(mut all) = captured.lock() {
+        all.push((query.unwrap_or_default(), body));
+    }
+    ""
+}
+
+/// The bytes the `clickhouse` client sends for `rows`, captured by a local HTTP server.
+async fn rowbinary_of(rows: &[EventRow]) -> (String, Bytes) {
+    let captured: Captured = Arc::default();
+    let app = axum::Router::new()
+        .fallback(capture)
+        .with_state(captured.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = clickhouse::Client::default()
+        .with_url(url)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    let mut insert = client.insert::<EventRow>("events").await.unwrap();
+    for row in rows {
+        insert.write(row).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    server.abort();
+    let all = captured.lock().unwrap();
+    all.last()
+        .cloned()
+        .expect("the insert reached the capture server")
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[tokio::test]
+async fn modern_ddl_and_rowbinary_load_into_current_clickhouse() {
+    let rows = vec![
+        EventRow {
+            id: uuid::Uuid::new_v4(),
+            kind: "page_view".into(),
+            source: "web".into(),
+            event_time: 1_764_000_000_001,
+            ingest_time: 1_764_000_000_123,
+            store_time: 1_764_000_000_999,
+            properties: r#"{"path":"/ü/日本","n":1.5}"#.into(),
+            kafka_partition: 3,
+            kafka_offset: 41,
+        },
+        EventRow {
+            id: uuid::Uuid::new_v4(),
+            kind: "чек".into(),
+            source: String::new(),
+            event_time: 0,
+            ingest_time: 253_402_300_799_999,
+            store_time: 1,
+            properties: "{}".into(),
+            kafka_partition: 0,
+            kafka_offset: 0,
+        },
+    ];
+    let (query, body) = rowbinary_of(&rows).await;
+    assert!(
+        query.contains("RowBinary"),
+        "the client inserts RowBinary: {query}"
+    );
+
+    let dir = std::env::temp_dir().join(ess_testkit::unique("chdb"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows_path = dir.join("rows.bin");
+    std::fs::write(&rows_path, &body).unwrap();
+    let ddl = Command::new(env!("CARGO_BIN_EXE_ess"))
+        .args(["migrate", "--print", "--server-version", "26.9"])
+        .args([
+            "--set",
+            "clickhouse.cluster=",
+            "--set",
+            "clickhouse.database=modern",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ddl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ddl.stderr)
+    );
+    let ddl_path = dir.join("ddl.sql");
+    std::fs::write(&ddl_path, &ddl.stdout).unwrap();
+
+    let script = r#"
+import sys
+from chdb import session
+s = session.Session(sys.argv[1])
+for stmt in open(sys.argv[2]).read().split(";\n"):
+    if stmt.strip():
+        s.query(stmt)
+s.query(f"INSERT INTO modern.events FROM INFILE '{sys.argv[3]}' FORMAT RowBinary")
+print(s.query(
+    "SELECT toString(id) AS id, type, source, toUnixTimestamp64Milli(event_time) AS e, "
+    "toUnixTimestamp64Milli(ingest_time) AS i, toUnixTimestamp64Milli(store_time) AS s, "
+    "properties, kafka_partition, kafka_offset FROM modern.events ORDER BY kafka_offset DESC "
+    "FORMAT JSONEachRow"))
+"#;
+    let out = Command::new(repo_root().join("scripts/chdb-python"))
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("session"))
+        .arg(&ddl_path)
+        .arg(&rows_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chDB failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let back: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(back.len(), rows.len(), "{stdout}");
+    for (row, got) in rows.iter().zip(&back) {
+        let num = |v: &serde_json::Value| -> i64 {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .unwrap()
+        };
+        assert_eq!(got["id"], row.id.to_string());
+        assert_eq!(got["type"], row.kind);
+        assert_eq!(got["source"], row.source);
+        assert_eq!(num(&got["e"]), row.event_time);
+        assert_eq!(num(&got["i"]), row.ingest_time);
+        assert_eq!(num(&got["s"]), row.store_time);
+        assert_eq!(got["properties"], row.properties);
+        assert_eq!(num(&got["kafka_partition"]), i64::from(row.kafka_partition));
+        assert_eq!(num(&got["kafka_offset"]), row.kafka_offset);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
