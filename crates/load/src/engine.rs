@@ -143,11 +143,18 @@ fn accepted_seqs(sent: &[u64], reply: &[u8], batch: bool) -> Vec<u64> {
         return sent.to_vec();
     }
     match serde_json::from_slice::<Reply>(reply) {
-        Ok(r) if r.accepted == Some(sent.len() as u64) || (r.accepted.is_none() && r.ids.is_empty()) => {
+        Ok(r)
+            if r.accepted == Some(sent.len() as u64)
+                || (r.accepted.is_none() && r.ids.is_empty()) =>
+        {
             sent.to_vec()
         }
         Ok(r) => {
-            let mut seqs: Vec<u64> = r.ids.iter().filter_map(|id| decode(id).map(|(_, s)| s)).collect();
+            let mut seqs: Vec<u64> = r
+                .ids
+                .iter()
+                .filter_map(|id| decode(id).map(|(_, s)| s))
+                .collect();
             seqs.retain(|s| sent.contains(s));
             seqs
         }
@@ -166,7 +173,11 @@ pub async fn run(
         return Err(LoadError::Target(opts.target.clone()));
     }
     let batch = opts.batch.max(1);
-    let path = if batch > 1 { "/v1/events/batch" } else { "/v1/events" };
+    let path = if batch > 1 {
+        "/v1/events/batch"
+    } else {
+        "/v1/events"
+    };
     let uri: Uri = format!("{base}{path}")
         .parse()
         .map_err(|_| LoadError::Target(opts.target.clone()))?;
@@ -221,9 +232,21 @@ pub async fn run(
         async move {
             match plan.model {
                 Model::Open => {
-                    open_model(plan, generator, sender, batch, opts.max_inflight, start, deadline, stop).await
+                    open_model(
+                        plan,
+                        generator,
+                        sender,
+                        batch,
+                        opts.max_inflight,
+                        start,
+                        deadline,
+                        stop,
+                    )
+                    .await
                 }
-                Model::Closed => closed_model(plan, generator, sender, batch, start, deadline, stop).await,
+                Model::Closed => {
+                    closed_model(plan, generator, sender, batch, start, deadline, stop).await
+                }
             }
         }
     };
@@ -239,7 +262,9 @@ pub async fn run(
     }
     let duration = start.elapsed();
     drop(sender);
-    let collected = collector.await.unwrap_or_else(|e| panic!("collector task: {e}"));
+    let collected = collector
+        .await
+        .unwrap_or_else(|e| panic!("collector task: {e}"));
 
     let secs = duration.as_secs_f64().max(1e-6);
     let failed = collected.requests - collected.ok;
@@ -251,7 +276,11 @@ pub async fn run(
         run: opts.run,
         target: base.to_owned(),
         model: opts.plan.model,
-        shape: format!("{shape}, {} event{} per request", batch, if batch == 1 { "" } else { "s" }),
+        shape: format!(
+            "{shape}, {} event{} per request",
+            batch,
+            if batch == 1 { "" } else { "s" }
+        ),
         batch,
         started_ms,
         duration_s: secs,
@@ -349,11 +378,17 @@ async fn closed_model(
     stop: Arc<AtomicBool>,
 ) {
     let peak = plan.peak().ceil().max(1.0) as usize;
-    let desired = Arc::new(AtomicUsize::new(plan.target_at(Duration::ZERO).round() as usize));
+    let desired = Arc::new(AtomicUsize::new(
+        plan.target_at(Duration::ZERO).round() as usize
+    ));
     let mut workers = Vec::with_capacity(peak);
     for i in 0..peak {
-        let (generator, sender, desired, stop) =
-            (generator.clone(), sender.clone(), desired.clone(), stop.clone());
+        let (generator, sender, desired, stop) = (
+            generator.clone(),
+            sender.clone(),
+            desired.clone(),
+            stop.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut rng = SmallRng::from_os_rng();
             while !stop.load(Ordering::Relaxed) {
@@ -370,11 +405,17 @@ async fn closed_model(
     }
     loop {
         let now = Instant::now();
-        if stop.load(Ordering::Relaxed) || generator.exhausted() || deadline.is_some_and(|d| now >= d) {
+        if stop.load(Ordering::Relaxed)
+            || generator.exhausted()
+            || deadline.is_some_and(|d| now >= d)
+        {
             stop.store(true, Ordering::Relaxed);
             break;
         }
-        desired.store(plan.target_at(now - start).round() as usize, Ordering::Relaxed);
+        desired.store(
+            plan.target_at(now - start).round() as usize,
+            Ordering::Relaxed,
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for w in workers {
@@ -390,7 +431,12 @@ mod tests {
     fn batch_replies_tell_which_events_were_accepted() {
         let run = RunId::from_u64(9).unwrap();
         let sent = [4, 5, 6];
-        let all = format!(r#"{{"accepted":3,"ids":["{}","{}","{}"]}}"#, run.event_id(4), run.event_id(5), run.event_id(6));
+        let all = format!(
+            r#"{{"accepted":3,"ids":["{}","{}","{}"]}}"#,
+            run.event_id(4),
+            run.event_id(5),
+            run.event_id(6)
+        );
         assert_eq!(accepted_seqs(&sent, all.as_bytes(), true), vec![4, 5, 6]);
         let some = format!(r#"{{"accepted":1,"ids":["{}"]}}"#, run.event_id(5));
         assert_eq!(accepted_seqs(&sent, some.as_bytes(), true), vec![5]);

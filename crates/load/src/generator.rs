@@ -191,7 +191,8 @@ impl Generator {
         let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
         let u2: f64 = rng.random();
         let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        let size = f64::from(self.settings.median_props_bytes) * (self.settings.props_sigma * z).exp();
+        let size =
+            f64::from(self.settings.median_props_bytes) * (self.settings.props_sigma * z).exp();
         size.clamp(32.0, f64::from(self.settings.max_props_bytes)) as usize
     }
 }

@@ -15,7 +15,9 @@ pub struct LagProbe {
 
 impl std::fmt::Debug for LagProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LagProbe").field("topic", &self.topic).finish()
+        f.debug_struct("LagProbe")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -50,10 +52,7 @@ impl LagProbe {
         let mut lag = 0i64;
         for p in partitions {
             let (low, high) = self.consumer.fetch_watermarks(&self.topic, p, timeout)?;
-            let done = match committed
-                .find_partition(&self.topic, p)
-                .map(|e| e.offset())
-            {
+            let done = match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o,
                 _ => low,
             };

@@ -103,7 +103,11 @@ impl LoadArgs {
             None => Vec::new(),
         };
         let open = self.rate.is_some() || self.open;
-        let model = if open { plan::Model::Open } else { plan::Model::Closed };
+        let model = if open {
+            plan::Model::Open
+        } else {
+            plan::Model::Closed
+        };
         let start = match model {
             plan::Model::Open if stages.is_empty() => self.rate.unwrap_or(0.0),
             plan::Model::Open => self.rate.unwrap_or(0.0),
@@ -123,7 +127,10 @@ impl LoadArgs {
             (d, _, _) => d,
         };
         Ok(LoadOptions {
-            target: self.target.clone().unwrap_or_else(|| config.load.target.clone()),
+            target: self
+                .target
+                .clone()
+                .unwrap_or_else(|| config.load.target.clone()),
             api_key: self
                 .api_key
                 .clone()

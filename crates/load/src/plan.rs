@@ -27,7 +27,10 @@ pub struct Stage {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -46,7 +49,8 @@ pub fn parse_stages(text: &str) -> Result<Vec<Stage>, BadStage> {
                 .trim()
                 .split_once(':')
                 .ok_or_else(|| BadStage(item.to_owned()))?;
-            let duration = humantime::parse_duration(d.trim()).map_err(|_| BadStage(item.to_owned()))?;
+            let duration =
+                humantime::parse_duration(d.trim()).map_err(|_| BadStage(item.to_owned()))?;
             let target: f64 = t.trim().parse().map_err(|_| BadStage(item.to_owned()))?;
             if !(target >= 0.0 && target.is_finite()) {
                 return Err(BadStage(item.to_owned()));
@@ -99,7 +103,10 @@ impl Plan {
 
     /// The highest target anywhere in the plan (the closed model spawns that many connections).
     pub fn peak(&self) -> f64 {
-        self.stages.iter().map(|s| s.target).fold(self.start, f64::max)
+        self.stages
+            .iter()
+            .map(|s| s.target)
+            .fold(self.start, f64::max)
     }
 }
 

@@ -44,9 +44,8 @@ impl RunRecord {
     /// Reads a record.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let text = std::fs::read(path).with_context(|| {
-            format!("read run record {} (written by ess load)", path.display())
-        })?;
+        let text = std::fs::read(path)
+            .with_context(|| format!("read run record {} (written by ess load)", path.display()))?;
         serde_json::from_slice(&text).with_context(|| format!("parse {}", path.display()))
     }
 }

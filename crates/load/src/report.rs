@@ -182,17 +182,26 @@ pub fn charts(data: &ReportData) -> Vec<Chart> {
             (
                 "p50".into(),
                 C_EVT,
-                tl.iter().filter(|s| s.requests > 0).map(|s| (x(s.t), s.latency.p50)).collect(),
+                tl.iter()
+                    .filter(|s| s.requests > 0)
+                    .map(|s| (x(s.t), s.latency.p50))
+                    .collect(),
             ),
             (
                 "p95".into(),
                 C_REQ,
-                tl.iter().filter(|s| s.requests > 0).map(|s| (x(s.t), s.latency.p95)).collect(),
+                tl.iter()
+                    .filter(|s| s.requests > 0)
+                    .map(|s| (x(s.t), s.latency.p95))
+                    .collect(),
             ),
             (
                 "p99".into(),
                 C_P99,
-                tl.iter().filter(|s| s.requests > 0).map(|s| (x(s.t), s.latency.p99)).collect(),
+                tl.iter()
+                    .filter(|s| s.requests > 0)
+                    .map(|s| (x(s.t), s.latency.p99))
+                    .collect(),
             ),
         ],
         references: Vec::new(),
@@ -212,7 +221,10 @@ pub fn charts(data: &ReportData) -> Vec<Chart> {
             (
                 "rows stored (cumulative)".into(),
                 C_STORE,
-                data.samples.iter().map(|s| (s.t, s.stored as f64)).collect(),
+                data.samples
+                    .iter()
+                    .map(|s| (s.t, s.stored as f64))
+                    .collect(),
             ),
         ],
         references: Vec::new(),
@@ -287,16 +299,21 @@ where
             ))
             .map_err(e)?;
         let color = *color;
-        s.label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        s.label(name.as_str()).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+        });
     }
     for (name, color, points) in &chart.series {
         let s = ctx
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(e)?;
         let color = *color;
-        s.label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        s.label(name.as_str()).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+        });
     }
     if text {
         ctx.configure_series_labels()
@@ -349,7 +366,11 @@ pub fn comparison(data: &ReportData) -> Vec<(String, String, String)> {
             group(ORIGINAL.events),
             group(l.events_accepted),
         ),
-        ("load duration".into(), secs(ORIGINAL.duration_s), secs(l.duration_s)),
+        (
+            "load duration".into(),
+            secs(ORIGINAL.duration_s),
+            secs(l.duration_s),
+        ),
         (
             "HTTP requests/s".into(),
             group(ORIGINAL.rps as u64),
@@ -407,15 +428,34 @@ pub fn comparison(data: &ReportData) -> Vec<(String, String, String)> {
 /// The terminal table: the original's numbers beside ours.
 pub fn table(data: &ReportData) -> String {
     let rows = comparison(data);
-    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(6);
-    let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0).max(24);
+    let w0 = rows
+        .iter()
+        .map(|r| r.0.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let w1 = rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(24);
     let mut s = String::new();
-    let _ = writeln!(s, "  {:<w0$}  {:>w1$}  {}", "", "original (Python, k6)", "ess (this run)");
+    let _ = writeln!(
+        s,
+        "  {:<w0$}  {:>w1$}  {}",
+        "", "original (Python, k6)", "ess (this run)"
+    );
     let _ = writeln!(s, "  {}", "─".repeat(w0 + w1 + 20));
     for (what, orig, ours) in rows {
         let pad0 = w0 - what.chars().count();
         let pad1 = w1 - orig.chars().count();
-        let _ = writeln!(s, "  {what}{}  {}{orig}  {ours}", " ".repeat(pad0), " ".repeat(pad1));
+        let _ = writeln!(
+            s,
+            "  {what}{}  {}{orig}  {ours}",
+            " ".repeat(pad0),
+            " ".repeat(pad1)
+        );
     }
     let _ = writeln!(
         s,
@@ -479,17 +519,24 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
         (format!("{:.0}", data.load.rps), "HTTP requests/s"),
         (format!("{:.1} ms", data.load.latency.p95), "HTTP p95"),
         (
-            v.map(|v| secs(v.e2e_ms.p50 / 1000.0)).unwrap_or_else(|| "—".into()),
+            v.map(|v| secs(v.e2e_ms.p50 / 1000.0))
+                .unwrap_or_else(|| "—".into()),
             "e2e median",
         ),
         (
-            v.map(|v| group(v.lost + v.duplicates)).unwrap_or_else(|| "—".into()),
+            v.map(|v| group(v.lost + v.duplicates))
+                .unwrap_or_else(|| "—".into()),
             "lost + duplicated",
         ),
     ];
     h.push_str("<div class=\"kpis\">");
     for (value, what) in kpis {
-        let _ = write!(h, "<div class=\"kpi\"><b>{}</b><span>{}</span></div>", esc(&value), what);
+        let _ = write!(
+            h,
+            "<div class=\"kpi\"><b>{}</b><span>{}</span></div>",
+            esc(&value),
+            what
+        );
     }
     h.push_str("</div>\n<h2>Beside the original</h2>\n<table><tr><th></th><th>original (Python, k6)</th><th>ess (this run)</th></tr>\n");
     for (what, orig, ours) in comparison(data) {
@@ -503,7 +550,11 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
     }
     h.push_str("</table>\n");
     for (chart, svg) in charts.iter().zip(svgs) {
-        let _ = write!(h, "<h2>{}</h2>\n<div>{svg}</div>\n<p class=\"legend\">", esc(&chart.title));
+        let _ = write!(
+            h,
+            "<h2>{}</h2>\n<div>{svg}</div>\n<p class=\"legend\">",
+            esc(&chart.title)
+        );
         let names: Vec<String> = chart
             .series
             .iter()
@@ -516,7 +567,12 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
                     esc(n)
                 )
             })
-            .chain(chart.references.iter().map(|(n, _, _)| format!("┄ {}", esc(n))))
+            .chain(
+                chart
+                    .references
+                    .iter()
+                    .map(|(n, _, _)| format!("┄ {}", esc(n))),
+            )
             .collect();
         h.push_str(&names.join(" &nbsp; "));
         h.push_str("</p>\n");
@@ -557,7 +613,12 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
         let _ = writeln!(h, "<tr><td>{k}</td><td>{}</td></tr>", esc(&val));
     }
     for (k, n) in &l.outcomes {
-        let _ = writeln!(h, "<tr><td>outcome {}</td><td>{}</td></tr>", esc(k), group(*n));
+        let _ = writeln!(
+            h,
+            "<tr><td>outcome {}</td><td>{}</td></tr>",
+            esc(k),
+            group(*n)
+        );
     }
     h.push_str("</table>\n");
     if let Some(v) = v {
@@ -567,7 +628,10 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
             esc(&v.table),
             esc(&v.server),
             data.drain_s
-                .map(|d| format!("; the sinks finished storing {} after the load ended", secs(d)))
+                .map(|d| format!(
+                    "; the sinks finished storing {} after the load ended",
+                    secs(d)
+                ))
                 .unwrap_or_default()
         );
         let e = &v.e2e_ms;
@@ -575,7 +639,10 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
             ("accepted (2xx)", group(v.accepted)),
             ("stored rows", group(v.stored_rows)),
             ("unique ids", group(v.unique_ids)),
-            ("duplicates (after FINAL)", format!("{} ({})", group(v.duplicates), group(v.duplicates_final))),
+            (
+                "duplicates (after FINAL)",
+                format!("{} ({})", group(v.duplicates), group(v.duplicates_final)),
+            ),
             ("lost", group(v.lost)),
             ("stored without a 2xx", group(v.stored_without_ack)),
             (
@@ -603,7 +670,11 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
             );
         }
         for l in &v.lost_first {
-            let _ = writeln!(h, "<tr><td>lost</td><td>seq {} id {}</td></tr>", l.seq, l.id);
+            let _ = writeln!(
+                h,
+                "<tr><td>lost</td><td>seq {} id {}</td></tr>",
+                l.seq, l.id
+            );
         }
         for p in &v.problems {
             let _ = writeln!(h, "<tr><td>problem</td><td>{}</td></tr>", esc(p));
@@ -689,7 +760,8 @@ mod tests {
         assert!(!html.contains("<script src") && !html.contains("<link"));
         let png = std::fs::read(&paths.png).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        let back: ReportData = serde_json::from_slice(&std::fs::read(&paths.json).unwrap()).unwrap();
+        let back: ReportData =
+            serde_json::from_slice(&std::fs::read(&paths.json).unwrap()).unwrap();
         assert_eq!(back.load.requests, 21_900);
         let table = table(&data());
         assert!(table.contains("9,282"));

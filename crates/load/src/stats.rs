@@ -324,7 +324,10 @@ fn progress_line(
             let rate = c.accepted.len() as f64 / secs;
             let left = n.saturating_sub(c.accepted.len());
             if rate > 0.0 {
-                format!(" (~{} left)", clock(Duration::from_secs_f64(left as f64 / rate)))
+                format!(
+                    " (~{} left)",
+                    clock(Duration::from_secs_f64(left as f64 / rate))
+                )
             } else {
                 String::new()
             }
@@ -372,7 +375,11 @@ impl LoadSummary {
             let dots = ".".repeat(30usize.saturating_sub(name.len()));
             let _ = writeln!(s, "  {name} {dots}: {value}");
         };
-        row(&mut s, "run", format!("{}  ({}, {})", self.run, self.target, self.shape));
+        row(
+            &mut s,
+            "run",
+            format!("{}  ({}, {})", self.run, self.target, self.shape),
+        );
         row(
             &mut s,
             "http_reqs",
@@ -432,7 +439,11 @@ impl LoadSummary {
             format!(
                 "{:.1}s{}",
                 self.duration_s,
-                if self.interrupted { "  (interrupted)" } else { "" }
+                if self.interrupted {
+                    "  (interrupted)"
+                } else {
+                    ""
+                }
             ),
         );
         s
@@ -471,7 +482,11 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let accepted = if outcome.is_ok() { vec![i as u64] } else { vec![] };
+            let accepted = if outcome.is_ok() {
+                vec![i as u64]
+            } else {
+                vec![]
+            };
             tx.send(Done {
                 latency_us: 1000 * (i as u64 + 1),
                 outcome,

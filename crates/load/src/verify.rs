@@ -200,11 +200,7 @@ impl Verifier {
                 .fetch_one::<u64>()
                 .await
                 .with_context(|| format!("count the run's rows on {url}"))?;
-            let (shard, replica) = self
-                .shards
-                .get(i)
-                .copied()
-                .unwrap_or((i as u32 + 1, 1));
+            let (shard, replica) = self.shards.get(i).copied().unwrap_or((i as u32 + 1, 1));
             out.push(NodeCount {
                 url: url.clone(),
                 shard,
@@ -247,7 +243,12 @@ impl Verifier {
 
     /// The full check of `record`, waiting up to `wait` for the rows to arrive and the
     /// replicas to agree.
-    pub async fn verify(&self, record: &RunRecord, wait: Duration, list: usize) -> anyhow::Result<Verification> {
+    pub async fn verify(
+        &self,
+        record: &RunRecord,
+        wait: Duration,
+        list: usize,
+    ) -> anyhow::Result<Verification> {
         let run = record.summary.run;
         let accepted = record.accepted_set();
         let started = Instant::now();
@@ -264,7 +265,10 @@ impl Verifier {
         let waited_s = started.elapsed().as_secs_f64();
         let rows_final = self
             .client
-            .query(&format!("SELECT count() FROM {} FINAL WHERE source = ?", self.table()))
+            .query(&format!(
+                "SELECT count() FROM {} FINAL WHERE source = ?",
+                self.table()
+            ))
             .bind(run.to_string())
             .fetch_one::<u64>()
             .await
@@ -306,7 +310,10 @@ impl Verifier {
             problems.push(format!("{} accepted events are not stored", group(lost)));
         }
         if duplicates_final > 0 {
-            problems.push(format!("{} duplicate rows remain after FINAL", group(duplicates_final)));
+            problems.push(format!(
+                "{} duplicate rows remain after FINAL",
+                group(duplicates_final)
+            ));
         }
         if duplicates > 0 && resent == 0 {
             problems.push(format!(
@@ -318,7 +325,10 @@ impl Verifier {
             problems.push("replicas of a shard disagree, or the shards do not add up".into());
         }
         if foreign > 0 {
-            problems.push(format!("{} rows carry the run's source but not its ids", group(foreign)));
+            problems.push(format!(
+                "{} rows carry the run's source but not its ids",
+                group(foreign)
+            ));
         }
         Ok(Verification {
             run,
@@ -354,7 +364,10 @@ pub fn consistent(nodes: &[NodeCount], total: u64) -> (bool, u64) {
         shards.entry(n.shard).or_default().push(n.rows);
     }
     let replicas_agree = shards.values().all(|r| r.windows(2).all(|w| w[0] == w[1]));
-    let sum: u64 = shards.values().map(|r| r.first().copied().unwrap_or(0)).sum();
+    let sum: u64 = shards
+        .values()
+        .map(|r| r.first().copied().unwrap_or(0))
+        .sum();
     (replicas_agree && sum == total, sum)
 }
 
@@ -367,7 +380,14 @@ impl Verification {
             let dots = ".".repeat(34usize.saturating_sub(name.len()));
             let _ = writeln!(s, "  {name} {dots}: {value}");
         };
-        row(&mut s, "run", format!("{}  ({} on ClickHouse {})", self.run, self.table, self.server));
+        row(
+            &mut s,
+            "run",
+            format!(
+                "{}  ({} on ClickHouse {})",
+                self.run, self.table, self.server
+            ),
+        );
         row(&mut s, "accepted (2xx)", group(self.accepted));
         row(&mut s, "stored rows", group(self.stored_rows));
         row(&mut s, "unique ids", group(self.unique_ids));
@@ -385,7 +405,11 @@ impl Verification {
         for l in &self.lost_first {
             row(&mut s, "  lost", format!("seq {} id {}", l.seq, l.id));
         }
-        row(&mut s, "stored without a 2xx", group(self.stored_without_ack));
+        row(
+            &mut s,
+            "stored without a 2xx",
+            group(self.stored_without_ack),
+        );
         let e = &self.e2e_ms;
         row(
             &mut s,
@@ -414,7 +438,11 @@ impl Verification {
             row(
                 &mut s,
                 &format!("shard {shard} replicas"),
-                format!("{}  {}", parts.join(" | "), if agree { "✓" } else { "✗ differ" }),
+                format!(
+                    "{}  {}",
+                    parts.join(" | "),
+                    if agree { "✓" } else { "✗ differ" }
+                ),
             );
         }
         row(
@@ -424,7 +452,11 @@ impl Verification {
                 "{} = {}  {}",
                 group(self.shard_sum),
                 group(self.stored_rows),
-                if self.shard_sum == self.stored_rows { "✓" } else { "✗" }
+                if self.shard_sum == self.stored_rows {
+                    "✓"
+                } else {
+                    "✗"
+                }
             ),
         );
         row(
@@ -455,9 +487,18 @@ mod tests {
 
     #[test]
     fn replicas_must_agree_and_shards_add_up() {
-        assert_eq!(consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 12), (true, 12));
-        assert_eq!(consistent(&[node(1, 5), node(1, 4), node(2, 7), node(2, 7)], 12).0, false);
-        assert_eq!(consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 13).0, false);
+        assert_eq!(
+            consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 12),
+            (true, 12)
+        );
+        assert_eq!(
+            consistent(&[node(1, 5), node(1, 4), node(2, 7), node(2, 7)], 12).0,
+            false
+        );
+        assert_eq!(
+            consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 13).0,
+            false
+        );
         assert_eq!(consistent(&[node(1, 3)], 3), (true, 3));
     }
 }
