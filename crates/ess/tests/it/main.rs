@@ -2,5 +2,6 @@
 //! starts (see the README). Each test works in its own topic and database.
 
 mod broker;
+mod demo;
 mod schema;
 mod stack;
