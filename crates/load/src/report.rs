@@ -127,6 +127,9 @@ pub fn write(dir: &Path, data: &ReportData) -> anyhow::Result<ReportPaths> {
     Ok(paths)
 }
 
+/// A named series of (seconds, value) points in one colour.
+pub type Series = (String, RGBColor, Vec<(f64, f64)>);
+
 /// One line chart.
 #[derive(Debug, Clone)]
 pub struct Chart {
@@ -135,7 +138,7 @@ pub struct Chart {
     /// What the y axis counts.
     pub y_desc: String,
     /// Named series of (seconds, value).
-    pub series: Vec<(String, RGBColor, Vec<(f64, f64)>)>,
+    pub series: Vec<Series>,
     /// Named horizontal reference lines.
     pub references: Vec<(String, RGBColor, f64)>,
 }
@@ -443,8 +446,8 @@ pub fn table(data: &ReportData) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "  {:<w0$}  {:>w1$}  {}",
-        "", "original (Python, k6)", "ess (this run)"
+        "  {:<w0$}  {:>w1$}  ess (this run)",
+        "", "original (Python, k6)"
     );
     let _ = writeln!(s, "  {}", "─".repeat(w0 + w1 + 20));
     for (what, orig, ours) in rows {

@@ -274,7 +274,7 @@ pub async fn collect(
                 recent.reset();
                 if let Some(bar) = &bar {
                     if plain {
-                        if elapsed.as_secs() % 10 == 0 {
+                        if elapsed.as_secs().is_multiple_of(10) {
                             eprintln!("{line}");
                         }
                     } else {
@@ -358,7 +358,7 @@ pub fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -491,14 +491,8 @@ mod tests {
             consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 12),
             (true, 12)
         );
-        assert_eq!(
-            consistent(&[node(1, 5), node(1, 4), node(2, 7), node(2, 7)], 12).0,
-            false
-        );
-        assert_eq!(
-            consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 13).0,
-            false
-        );
+        assert!(!consistent(&[node(1, 5), node(1, 4), node(2, 7), node(2, 7)], 12).0);
+        assert!(!consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 13).0);
         assert_eq!(consistent(&[node(1, 3)], 3), (true, 3));
     }
 }

@@ -43,7 +43,7 @@ async fn accept(State(app): State<App>, body: Bytes) -> (StatusCode, String) {
         serde_json::Value::Array(items) => items,
         one => vec![one],
     };
-    let mut seen = app.seen.lock().unwrap();
+    let mut seen = app.seen.lock().expect("lock");
     seen.requests += 1;
     if app.reject_every > 0 && seen.requests % app.reject_every == 0 {
         return (
@@ -53,7 +53,7 @@ async fn accept(State(app): State<App>, body: Bytes) -> (StatusCode, String) {
     }
     let mut ids = Vec::new();
     for e in &events {
-        let id: uuid::Uuid = e["id"].as_str().unwrap().parse().unwrap();
+        let id: uuid::Uuid = e["id"].as_str().expect("id").parse().expect("uuid");
         assert!(e["type"].is_string() && e["properties"].is_object());
         seen.ids.insert(id);
         seen.events += 1;
@@ -75,9 +75,11 @@ async fn serve(reject_every: u64, delay: Duration) -> (String, Arc<Mutex<Seen>>)
             reject_every,
             delay,
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
     (format!("http://{addr}"), seen)
 }
 
