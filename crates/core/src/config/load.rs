@@ -1,8 +1,10 @@
 //! `[load]`: the load generator.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, value_error};
 
 /// The load generator's defaults; most settings are flags of `ess load`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -12,6 +14,13 @@ pub struct LoadConfig {
     pub target: String,
     /// API key sent with every request (empty: none).
     pub api_key: String,
+    /// Connections of the closed model when neither a rate nor connections are given.
+    pub connections: usize,
+    /// Events per request (1: single events).
+    pub batch: usize,
+    /// Per-request timeout; a request without a full answer by then counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for LoadConfig {
@@ -19,12 +28,24 @@ impl Default for LoadConfig {
         Self {
             target: "http://127.0.0.1:8080".into(),
             api_key: String::new(),
+            connections: 64,
+            batch: 1,
+            timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl LoadConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.connections == 0 {
+            return Err(value_error("load.connections", "must be at least 1"));
+        }
+        if self.batch == 0 {
+            return Err(value_error("load.batch", "must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            return Err(value_error("load.timeout", "must be positive"));
+        }
         Ok(())
     }
 }

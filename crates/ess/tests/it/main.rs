@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed assertion here
 
 mod broker;
+mod demo;
 mod modern;
 mod schema;
 mod stack;

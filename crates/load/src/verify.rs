@@ -1,0 +1,498 @@
+//! `ess verify`: what ClickHouse holds for a run, against what the load generator was told
+//! was accepted. Rows of a run are selected by `source` (the generator sets it to the run id)
+//! and each stored id is decoded back to its sequence number.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ess_core::clickhouse::{Client, connect};
+use ess_core::config::Config;
+use ess_core::schema::Schema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{RunId, SeqSet, decode};
+use crate::record::RunRecord;
+use crate::stats::group;
+
+/// One lost event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LostId {
+    /// Sequence number within the run.
+    pub seq: u64,
+    /// Its event id.
+    pub id: Uuid,
+}
+
+/// End-to-end latency (ingest → stored) in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct E2eMs {
+    /// Smallest.
+    pub min: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// One node's copy of the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeCount {
+    /// The node's HTTP URL.
+    pub url: String,
+    /// Its shard (1-based), from `system.clusters` in the order of `clickhouse.nodes`.
+    pub shard: u32,
+    /// Its replica number within the shard.
+    pub replica: u32,
+    /// Rows of the run in its local table.
+    pub rows: u64,
+}
+
+/// The verdict on a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verification {
+    /// The run.
+    pub run: RunId,
+    /// The table checked (`db.table`).
+    pub table: String,
+    /// ClickHouse version.
+    pub server: String,
+    /// Distinct events the load generator got 2xx for.
+    pub accepted: u64,
+    /// Rows with the run's source in the table users query.
+    pub stored_rows: u64,
+    /// Distinct ids among them.
+    pub unique_ids: u64,
+    /// Rows as `FINAL` sees them (after ReplacingMergeTree collapses copies).
+    pub rows_final: u64,
+    /// Extra rows of an id (`stored_rows − unique_ids`), before merges.
+    pub duplicates: u64,
+    /// Extra rows that survive `FINAL` (`rows_final − unique_ids`).
+    pub duplicates_final: u64,
+    /// Events re-sent on purpose by the generator.
+    pub resent: u64,
+    /// Accepted but not stored.
+    pub lost: u64,
+    /// The first few lost events.
+    pub lost_first: Vec<LostId>,
+    /// Stored although the generator saw no 2xx for them (e.g. a timeout after the broker
+    /// had the event): not a loss, shown for completeness.
+    pub stored_without_ack: u64,
+    /// Rows with the run's source whose id is not one of the run's.
+    pub foreign_ids: u64,
+    /// Ingest → stored latency.
+    pub e2e_ms: E2eMs,
+    /// Event time (the client's timestamp) → stored latency.
+    pub event_to_store_ms: E2eMs,
+    /// Per node.
+    pub nodes: Vec<NodeCount>,
+    /// Whether every shard's replicas hold the same rows and the shards add up to the table.
+    pub replicas_consistent: bool,
+    /// Sum over shards (first replica of each).
+    pub shard_sum: u64,
+    /// Seconds spent waiting for the data to arrive and replicas to agree.
+    pub waited_s: f64,
+    /// Everything that is wrong; empty when the run passes.
+    pub problems: Vec<String>,
+    /// Whether nothing was lost or duplicated and the replicas agree.
+    pub ok: bool,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct IdRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    id: Uuid,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct LatencyRow {
+    q: Vec<f64>,
+    lo: f64,
+    hi: f64,
+    mean: f64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct ReplicaRow {
+    shard_num: u32,
+    replica_num: u32,
+}
+
+/// How the verifier talks to the cluster.
+#[derive(Debug)]
+pub struct Verifier {
+    client: Client,
+    nodes: Vec<(String, Client)>,
+    schema: Schema,
+    server: String,
+    shards: Vec<(u32, u32)>,
+}
+
+impl Verifier {
+    /// Connects to the query node and every node of the cluster.
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let ch = &config.clickhouse;
+        let (client, version) = connect(ch, &ch.url).await?;
+        let schema = Schema::new(ch, version.flavor());
+        let mut nodes = Vec::new();
+        for url in ch.all_nodes() {
+            let (c, _) = connect(ch, &url).await?;
+            nodes.push((url, c));
+        }
+        let shards = if schema.cluster.is_empty() {
+            vec![(1, 1)]
+        } else {
+            client
+                .query(
+                    "SELECT shard_num, replica_num FROM system.clusters WHERE cluster = ? \
+                     ORDER BY shard_num, replica_num",
+                )
+                .bind(&schema.cluster)
+                .fetch_all::<ReplicaRow>()
+                .await
+                .context("read system.clusters")?
+                .into_iter()
+                .map(|r| (r.shard_num, r.replica_num))
+                .collect()
+        };
+        Ok(Self {
+            client,
+            nodes,
+            schema,
+            server: version.text,
+            shards,
+        })
+    }
+
+    fn table(&self) -> String {
+        format!("{}.{}", self.schema.database, self.schema.table)
+    }
+
+    /// Rows and distinct ids of `run` in the queried table.
+    pub async fn counts(&self, run: RunId) -> anyhow::Result<(u64, u64)> {
+        self.client
+            .query(&format!(
+                "SELECT count(), uniqExact(id) FROM {} WHERE source = ?",
+                self.table()
+            ))
+            .bind(run.to_string())
+            .fetch_one::<(u64, u64)>()
+            .await
+            .context("count the run's rows")
+    }
+
+    /// Rows of `run` on each node's local table.
+    pub async fn node_counts(&self, run: RunId) -> anyhow::Result<Vec<NodeCount>> {
+        let local = format!("{}.{}", self.schema.database, self.schema.local_table());
+        let mut out = Vec::new();
+        for (i, (url, client)) in self.nodes.iter().enumerate() {
+            let rows = client
+                .query(&format!("SELECT count() FROM {local} WHERE source = ?"))
+                .bind(run.to_string())
+                .fetch_one::<u64>()
+                .await
+                .with_context(|| format!("count the run's rows on {url}"))?;
+            let (shard, replica) = self.shards.get(i).copied().unwrap_or((i as u32 + 1, 1));
+            out.push(NodeCount {
+                url: url.clone(),
+                shard,
+                replica,
+                rows,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn latency(&self, run: RunId, from: &str) -> anyhow::Result<E2eMs> {
+        let e = format!(
+            "toFloat64({}) - toFloat64({})",
+            self.schema.millis("store_time"),
+            self.schema.millis(from)
+        );
+        let row = self
+            .client
+            .query(&format!(
+                "SELECT quantilesExact(0.5, 0.9, 0.95, 0.99)(e) AS q, min(e) AS lo, max(e) AS hi, \
+                 avg(e) AS mean FROM (SELECT {e} AS e FROM {} WHERE source = ?)",
+                self.table()
+            ))
+            .bind(run.to_string())
+            .fetch_one::<LatencyRow>()
+            .await
+            .context("end-to-end latency")?;
+        let q = |i: usize| row.q.get(i).copied().unwrap_or(0.0);
+        let fix = |v: f64| if v.is_finite() { v } else { 0.0 };
+        Ok(E2eMs {
+            min: fix(row.lo),
+            mean: fix(row.mean),
+            p50: fix(q(0)),
+            p90: fix(q(1)),
+            p95: fix(q(2)),
+            p99: fix(q(3)),
+            max: fix(row.hi),
+        })
+    }
+
+    /// The full check of `record`, waiting up to `wait` for the rows to arrive and the
+    /// replicas to agree.
+    pub async fn verify(
+        &self,
+        record: &RunRecord,
+        wait: Duration,
+        list: usize,
+    ) -> anyhow::Result<Verification> {
+        let run = record.summary.run;
+        let accepted = record.accepted_set();
+        let started = Instant::now();
+        let deadline = started + wait;
+        let (rows, unique, nodes) = loop {
+            let (rows, unique) = self.counts(run).await?;
+            let nodes = self.node_counts(run).await?;
+            let settled = unique >= accepted.len() && consistent(&nodes, rows).0;
+            if settled || Instant::now() >= deadline {
+                break (rows, unique, nodes);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let waited_s = started.elapsed().as_secs_f64();
+        let rows_final = self
+            .client
+            .query(&format!(
+                "SELECT count() FROM {} FINAL WHERE source = ?",
+                self.table()
+            ))
+            .bind(run.to_string())
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(unique);
+        let mut stored = SeqSet::new();
+        let mut foreign = 0u64;
+        let mut cursor = self
+            .client
+            .query(&format!("SELECT id FROM {} WHERE source = ?", self.table()))
+            .bind(run.to_string())
+            .fetch::<IdRow>()
+            .context("read the run's ids")?;
+        while let Some(row) = cursor.next().await.context("read the run's ids")? {
+            match decode(&row.id) {
+                Some((r, seq)) if r == run => {
+                    stored.insert(seq);
+                }
+                _ => foreign += 1,
+            }
+        }
+        let lost_first: Vec<LostId> = accepted
+            .difference(&stored)
+            .take(list)
+            .map(|seq| LostId {
+                seq,
+                id: run.event_id(seq),
+            })
+            .collect();
+        let lost = accepted.difference(&stored).count() as u64;
+        let stored_without_ack = stored.difference(&accepted).count() as u64;
+        let e2e_ms = self.latency(run, "ingest_time").await?;
+        let event_to_store_ms = self.latency(run, "event_time").await?;
+        let (replicas_consistent, shard_sum) = consistent(&nodes, rows);
+        let duplicates = rows.saturating_sub(unique);
+        let duplicates_final = rows_final.saturating_sub(unique);
+        let resent = record.summary.resent;
+        let mut problems = Vec::new();
+        if lost > 0 {
+            problems.push(format!("{} accepted events are not stored", group(lost)));
+        }
+        if duplicates_final > 0 {
+            problems.push(format!(
+                "{} duplicate rows remain after FINAL",
+                group(duplicates_final)
+            ));
+        }
+        if duplicates > 0 && resent == 0 {
+            problems.push(format!(
+                "{} duplicate rows although no event was sent twice",
+                group(duplicates)
+            ));
+        }
+        if !replicas_consistent {
+            problems.push("replicas of a shard disagree, or the shards do not add up".into());
+        }
+        if foreign > 0 {
+            problems.push(format!(
+                "{} rows carry the run's source but not its ids",
+                group(foreign)
+            ));
+        }
+        Ok(Verification {
+            run,
+            table: self.table(),
+            server: self.server.clone(),
+            accepted: accepted.len(),
+            stored_rows: rows,
+            unique_ids: unique,
+            rows_final,
+            duplicates,
+            duplicates_final,
+            resent,
+            lost,
+            lost_first,
+            stored_without_ack,
+            foreign_ids: foreign,
+            e2e_ms,
+            event_to_store_ms,
+            nodes,
+            replicas_consistent,
+            shard_sum,
+            waited_s,
+            ok: problems.is_empty(),
+            problems,
+        })
+    }
+}
+
+/// Whether replicas of each shard agree and the shards (first replica each) add up to `total`.
+pub fn consistent(nodes: &[NodeCount], total: u64) -> (bool, u64) {
+    let mut shards: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+    for n in nodes {
+        shards.entry(n.shard).or_default().push(n.rows);
+    }
+    let replicas_agree = shards.values().all(|r| r.windows(2).all(|w| w[0] == w[1]));
+    let sum: u64 = shards
+        .values()
+        .map(|r| r.first().copied().unwrap_or(0))
+        .sum();
+    (replicas_agree && sum == total, sum)
+}
+
+impl Verification {
+    /// The text report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let row = |s: &mut String, name: &str, value: String| {
+            let dots = ".".repeat(34usize.saturating_sub(name.len()));
+            let _ = writeln!(s, "  {name} {dots}: {value}");
+        };
+        row(
+            &mut s,
+            "run",
+            format!(
+                "{}  ({} on ClickHouse {})",
+                self.run, self.table, self.server
+            ),
+        );
+        row(&mut s, "accepted (2xx)", group(self.accepted));
+        row(&mut s, "stored rows", group(self.stored_rows));
+        row(&mut s, "unique ids", group(self.unique_ids));
+        row(
+            &mut s,
+            "duplicates",
+            format!(
+                "{}  ({} after FINAL; {} re-sent on purpose)",
+                group(self.duplicates),
+                group(self.duplicates_final),
+                group(self.resent)
+            ),
+        );
+        row(&mut s, "lost (accepted, not stored)", group(self.lost));
+        for l in &self.lost_first {
+            row(&mut s, "  lost", format!("seq {} id {}", l.seq, l.id));
+        }
+        row(
+            &mut s,
+            "stored without a 2xx",
+            group(self.stored_without_ack),
+        );
+        let e = &self.e2e_ms;
+        row(
+            &mut s,
+            "e2e ingest→stored",
+            format!(
+                "p50={:.0}ms p90={:.0}ms p95={:.0}ms p99={:.0}ms max={:.0}ms",
+                e.p50, e.p90, e.p95, e.p99, e.max
+            ),
+        );
+        let e = &self.event_to_store_ms;
+        row(
+            &mut s,
+            "e2e event time→stored",
+            format!("p50={:.0}ms p95={:.0}ms max={:.0}ms", e.p50, e.p95, e.max),
+        );
+        let mut shards: std::collections::BTreeMap<u32, Vec<&NodeCount>> = Default::default();
+        for n in &self.nodes {
+            shards.entry(n.shard).or_default().push(n);
+        }
+        for (shard, nodes) in &shards {
+            let parts: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("{} {}", n.url.trim_start_matches("http://"), group(n.rows)))
+                .collect();
+            let agree = nodes.windows(2).all(|w| w[0].rows == w[1].rows);
+            row(
+                &mut s,
+                &format!("shard {shard} replicas"),
+                format!(
+                    "{}  {}",
+                    parts.join(" | "),
+                    if agree { "✓" } else { "✗ differ" }
+                ),
+            );
+        }
+        row(
+            &mut s,
+            "shards sum = table",
+            format!(
+                "{} = {}  {}",
+                group(self.shard_sum),
+                group(self.stored_rows),
+                if self.shard_sum == self.stored_rows {
+                    "✓"
+                } else {
+                    "✗"
+                }
+            ),
+        );
+        row(
+            &mut s,
+            "result",
+            if self.ok {
+                "PASS: nothing lost, nothing duplicated".into()
+            } else {
+                format!("FAIL: {}", self.problems.join("; "))
+            },
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(shard: u32, rows: u64) -> NodeCount {
+        NodeCount {
+            url: String::new(),
+            shard,
+            replica: 1,
+            rows,
+        }
+    }
+
+    #[test]
+    fn replicas_must_agree_and_shards_add_up() {
+        assert_eq!(
+            consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 12),
+            (true, 12)
+        );
+        assert!(!consistent(&[node(1, 5), node(1, 4), node(2, 7), node(2, 7)], 12).0);
+        assert!(!consistent(&[node(1, 5), node(1, 5), node(2, 7), node(2, 7)], 13).0);
+        assert_eq!(consistent(&[node(1, 3)], 3), (true, 3));
+    }
+}
