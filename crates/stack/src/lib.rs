@@ -319,17 +319,22 @@ impl Stack {
     /// Stops every service this stack started, in reverse start order. Returns the names of
     /// those that were running.
     pub async fn down(&self) -> Vec<String> {
-        let mut stopped = Vec::new();
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.down_blocking())
+            .await
+            .unwrap_or_default()
+    }
+
+    /// [`Stack::down`] for synchronous callers (e.g. a guard's `Drop`).
+    pub fn down_blocking(&self) -> Vec<String> {
         // Stop the services of both profiles: `down` must not leave anything behind even if
         // the profile changed since `up`.
         let mut all = self.clone().with_profile(Profile::Cluster).services();
         all.reverse();
-        for service in all {
-            if stop_blocking(service.pid_path()).await {
-                stopped.push(service.name);
-            }
-        }
-        stopped
+        all.into_iter()
+            .filter(|s| process::stop(&s.pid_path(), STOP_GRACE))
+            .map(|s| s.name)
+            .collect()
     }
 
     /// The state of every service of the profile.
@@ -516,8 +521,11 @@ impl Stack {
     }
 }
 
+/// How long a service gets to stop on SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
 async fn stop_blocking(pid_path: PathBuf) -> bool {
-    tokio::task::spawn_blocking(move || process::stop(&pid_path, Duration::from_secs(30)))
+    tokio::task::spawn_blocking(move || process::stop(&pid_path, STOP_GRACE))
         .await
         .unwrap_or(false)
 }

@@ -4,24 +4,65 @@ use ess_core::config::{Profile, StackConfig};
 use ess_stack::Stack;
 use ess_stack::process::PidFile;
 
-fn private_stack(name: &str, port_base: u16) -> Stack {
-    let dir = std::env::temp_dir().join(ess_testkit::unique(name));
-    let config = StackConfig {
-        profile: Profile::Cluster,
-        state_dir: dir,
-        zookeeper_port: port_base + 181,
-        clickhouse_http_port: port_base + 200,
-        clickhouse_tcp_port: port_base + 300,
-        clickhouse_interserver_port: port_base + 400,
-        broker_port: port_base + 92,
-        ..StackConfig::default()
-    };
-    Stack::new(&config)
+/// A free block of ports: a random base where every port the stack needs is unused.
+fn free_port_base() -> u16 {
+    loop {
+        let base = 30_000 + (rand_u16() % 300) * 100;
+        let ports = [
+            181, 92, 200, 201, 202, 203, 300, 301, 302, 303, 400, 401, 402, 403,
+        ];
+        if ports
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", base + p)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([bytes[0], bytes[1]])
+}
+
+/// A second stack in a temporary state dir; stopped and removed on drop, even when the test
+/// fails half-way.
+struct PrivateStack {
+    stack: Stack,
+    port_base: u16,
+}
+
+impl PrivateStack {
+    fn new(name: &str, profile: Profile) -> Self {
+        let port_base = free_port_base();
+        let config = StackConfig {
+            profile,
+            state_dir: std::env::temp_dir().join(ess_testkit::unique(name)),
+            zookeeper_port: port_base + 181,
+            clickhouse_http_port: port_base + 200,
+            clickhouse_tcp_port: port_base + 300,
+            clickhouse_interserver_port: port_base + 400,
+            broker_port: port_base + 92,
+            ..StackConfig::default()
+        };
+        Self {
+            stack: Stack::new(&config),
+            port_base,
+        }
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        self.stack.down_blocking();
+        let _ = std::fs::remove_dir_all(self.stack.state_dir());
+    }
 }
 
 #[tokio::test]
 async fn up_is_idempotent_shows_two_shards_two_replicas_and_down_stops_everything() {
-    let stack = private_stack("stack", 21000);
+    let private = PrivateStack::new("stack", Profile::Cluster);
+    let stack = &private.stack;
     let first = stack.up().await.expect("stack up");
     assert_eq!(first.len(), 6, "zookeeper, four ClickHouse servers, broker");
     assert!(first.iter().all(|s| s.running), "{first:?}");
@@ -32,7 +73,8 @@ async fn up_is_idempotent_shows_two_shards_two_replicas_and_down_stops_everythin
         .map(|r| (r.shard_num, r.replica_num))
         .collect();
     assert_eq!(shape, vec![(1, 1), (1, 2), (2, 1), (2, 2)]);
-    assert!(ess_stack::broker_answers("127.0.0.1:21092"));
+    let broker = format!("127.0.0.1:{}", private.port_base + 92);
+    assert!(ess_stack::broker_answers(&broker));
 
     // A second `up` starts nothing: the same processes keep running.
     let second = stack.up().await.expect("second stack up");
@@ -61,24 +103,13 @@ async fn up_is_idempotent_shows_two_shards_two_replicas_and_down_stops_everythin
 
 #[tokio::test]
 async fn up_names_a_port_taken_by_someone_else() {
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = squatter.local_addr().expect("addr").port();
-    let dir = std::env::temp_dir().join(ess_testkit::unique("squat"));
-    let config = StackConfig {
-        profile: Profile::Single,
-        state_dir: dir.clone(),
-        clickhouse_http_port: port,
-        clickhouse_tcp_port: 23300,
-        clickhouse_interserver_port: 23400,
-        broker_port: 23092,
-        ..StackConfig::default()
-    };
-    let stack = Stack::new(&config);
-    let err = stack.up().await.expect_err("port is taken");
+    let private = PrivateStack::new("squat", Profile::Single);
+    // Someone else holds the first ClickHouse node's HTTP port.
+    let port = private.port_base + 200;
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let err = private.stack.up().await.expect_err("port is taken");
     assert!(
         err.to_string().contains(&port.to_string()) && err.to_string().contains("clickhouse-1"),
         "{err}"
     );
-    stack.down().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
