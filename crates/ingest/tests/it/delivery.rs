@@ -64,7 +64,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
         .await;
     ids.extend(reply.ids());
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(array_body.as_bytes()).unwrap();
+    gz.write_all(array_body.as_bytes()).expect("gzip");
     let reply = client
         .send(
             "POST",
@@ -74,7 +74,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
                 ("content-type", "application/json"),
                 ("content-encoding", "gzip"),
             ],
-            Bytes::from(gz.finish().unwrap()),
+            Bytes::from(gz.finish().expect("gzip")),
         )
         .await;
     ids.extend(reply.ids());
@@ -87,7 +87,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
                 ("content-type", "application/json"),
                 ("content-encoding", "zstd"),
             ],
-            Bytes::from(zstd::encode_all(array_body.as_bytes(), 3).unwrap()),
+            Bytes::from(zstd::encode_all(array_body.as_bytes(), 3).expect("zstd")),
         )
         .await;
     ids.extend(reply.ids());
@@ -110,7 +110,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
     assert_eq!(v["source"], "web");
     assert_eq!(v["timestamp"], "2026-11-24T08:00:00.123Z");
     // The client's properties text, byte for byte.
-    let raw = String::from_utf8(full.raw.clone()).unwrap();
+    let raw = String::from_utf8(full.raw.clone()).expect("UTF-8");
     assert!(
         raw.contains(r#""properties":{"path":"/é","n":[1,2.5,null],"deep":{"a":{"b":true}}}"#),
         "{raw}"
@@ -118,7 +118,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
     let event = ess_core::event::WireEvent::from_json(&full.raw).expect("the sink can read it");
     assert_eq!(full.timestamp_ms, Some(event.ingest_time.0));
     assert_eq!(full.schema_header.as_deref(), Some("1"));
-    let ingest_time = v["ingest_time"].as_str().unwrap();
+    let ingest_time = v["ingest_time"].as_str().expect("ingest_time");
     assert_eq!(ingest_time.len(), 24, "{ingest_time}");
 
     let min = by_id(&minimal[0]);
