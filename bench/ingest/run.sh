@@ -78,10 +78,16 @@ curl -fs "http://127.0.0.1:$INGEST_PORT/readyz" >/dev/null || {
 }
 
 export ESS_BENCH_KEY=$KEY
-# run NAME SCRIPT URL CONNECTIONS: runs wrk, keeps its output, prints requests/s.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+# run NAME SCRIPT URL CONNECTIONS: runs wrk, keeps its output and the CPU time ingest used,
+# prints requests/s.
 run() {
-  local name=$1 script=$2 url=$3 conns=$4
+  local name=$1 script=$2 url=$3 conns=$4 before
+  before=$(cpu_ticks "$INGEST_PID")
   wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$HERE/$script" "$url" >"$TMP/$name.wrk"
+  echo $(($(cpu_ticks "$INGEST_PID") - before)) >"$TMP/$name.cpu"
   awk '/^Requests\/sec/ {print $2}' "$TMP/$name.wrk"
 }
 
@@ -102,7 +108,13 @@ for name in nginx-ceiling ingest-single ingest-batch-100; do
   non2xx=$(awk '/Non-2xx/ {print $5}' "$f")
   sockerr=$(awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}' "$f")
   eps=$(awk -v r="$rps" -v n="$per" 'BEGIN {printf "%.0f", r * n}')
-  ROWS+=("$(printf '%-18s %6s %12s %12s %9s %9s %7s' "$name" "$conns" "$rps" "$eps" "$p50" "$p99" "$((${non2xx:-0} + ${sockerr:-0}))")")
+  total=$(awk '/requests in/ {print $1}' "$f")
+  cpu="-"
+  if [ "$name" != nginx-ceiling ]; then
+    cpu=$(awk -v t="$(cat "$TMP/$name.cpu")" -v hz="$TICKS" -v r="$total" -v n="$per" \
+      'BEGIN {printf "%.1f", t / hz * 1e6 / (r * n)}')
+  fi
+  ROWS+=("$(printf '%-18s %6s %12s %12s %9s %9s %7s %14s' "$name" "$conns" "$rps" "$eps" "$p50" "$p99" "$((${non2xx:-0} + ${sockerr:-0}))" "$cpu")")
 done
 
 ACCEPTED=$(curl -s "http://127.0.0.1:$INGEST_PORT/metrics" | awk '/^ess_ingest_events_accepted_total/ {print $2}')
@@ -112,7 +124,7 @@ RSS=$(awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/$INGEST_PID/status")
 echo
 echo "ess ingest benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wrk -t$THREADS -d${DURATION}s --latency; topic $TOPIC with $PARTITIONS partitions on $BROKERS"
-printf '%-18s %6s %12s %12s %9s %9s %7s\n' run conns "requests/s" "events/s" p50 p99 errors
+printf '%-18s %6s %12s %12s %9s %9s %7s %14s\n' run conns "requests/s" "events/s" p50 p99 errors "ingest-CPU-µs/ev"
 for row in "${ROWS[@]}"; do echo "$row"; done
 awk -v i="$INGEST_RPS" -v n="$NGINX_RPS" 'BEGIN {printf "ingest / nginx ceiling (single event): %.2f\n", i / n}'
 echo "events acknowledged by ingest (incl. warm-up): $ACCEPTED"

@@ -269,3 +269,43 @@ async fn health_readiness_and_metrics() {
     server.stop().await;
     eph.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_is_a_503_with_per_event_results() {
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    config.ingest.queue_max_messages = 2;
+    // Hold messages in the queue so the third one finds it full.
+    config.ingest.linger_ms = 200;
+    let (server, client) = Server::ready(config.clone()).await;
+    let body: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"type":"q","properties":{{"i":{i}}}}}"#))
+        .collect();
+    let reply = client
+        .post("/v1/events/batch", format!("[{}]", body.join(",")))
+        .await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert!(reply.headers.contains_key("retry-after"));
+    let json = reply.json();
+    assert_eq!(json["error"], "queue_full", "{json}");
+    let results = json["results"].as_array().expect("results");
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["stored", "stored", "not_sent", "not_sent", "not_sent"]
+    );
+    assert_eq!(json["accepted"], 2);
+    let stored: Vec<String> = results[..2]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    // The stored ones are in Kafka; the others are not.
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 2).await;
+    assert_eq!(records.len(), 2);
+    assert_exactly_once(&records, &stored);
+    server.stop().await;
+    eph.cleanup().await;
+}
