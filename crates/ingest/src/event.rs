@@ -146,6 +146,17 @@ pub struct Rejected {
     pub error: EventError,
 }
 
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "event {i}: {}", self.error),
+            None => write!(f, "{}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for Rejected {}
+
 /// Checks the body is UTF-8 once, so every later step can borrow `&str`.
 pub fn as_text(body: &[u8]) -> Result<&str, Rejected> {
     std::str::from_utf8(body).map_err(|_| Rejected {

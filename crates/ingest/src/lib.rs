@@ -58,6 +58,9 @@ pub enum Error {
 }
 
 /// Binds `ingest.listen` and serves until `shutdown` resolves (what `ess ingest` runs).
+///
+/// With `ingest.workers` ≥ 1 the server runs on a runtime of its own (single-threaded for 1),
+/// on its own threads; the caller's runtime only waits for the shutdown signal and the result.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
