@@ -146,6 +146,17 @@ pub struct Rejected {
     pub error: EventError,
 }
 
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "event {i}: {}", self.error),
+            None => write!(f, "{}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for Rejected {}
+
 /// Checks the body is UTF-8 once, so every later step can borrow `&str`.
 pub fn as_text(body: &[u8]) -> Result<&str, Rejected> {
     std::str::from_utf8(body).map_err(|_| Rejected {
@@ -506,7 +517,7 @@ impl EventSeed<'_> {
         A: MapAccess<'de>,
         S: DeserializeSeed<'de>,
     {
-        map.next_value_seed(seed).map_err(|e| {
+        map.next_value_seed(seed).inspect_err(|e| {
             // Keep serde_json's error (its category tells syntax from data); remember which
             // field it was about in case it is a data error.
             let reason = e.to_string();
@@ -516,7 +527,6 @@ impl EventSeed<'_> {
                 None => reason,
             };
             self.found.set(Some(EventError::Invalid { field, reason }));
-            e
         })
     }
 }
@@ -685,5 +695,97 @@ impl<'de> Visitor<'de> for Walk<'_> {
             map.next_value_seed(child.again())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_type_len: 16,
+        max_properties_bytes: 64,
+        max_depth: 3,
+        max_batch_events: 3,
+    };
+
+    fn err(text: &str) -> EventError {
+        parse_single(text, &LIMITS).unwrap_err().error
+    }
+
+    #[test]
+    fn reads_a_full_event_borrowing_the_body() {
+        let text = r#"{"id":"0192f0c4-1111-7000-8000-000000000001","type":"view","source":"web","timestamp":1764000000123,"properties":{"a":[1,{"b":2}]}}"#;
+        let event = parse_single(text, &LIMITS).unwrap();
+        assert!(matches!(event.kind, Cow::Borrowed("view")));
+        assert_eq!(event.source.as_deref(), Some("web"));
+        assert_eq!(event.timestamp, Some(Millis(1_764_000_000_123)));
+        assert_eq!(event.properties.unwrap().get(), r#"{"a":[1,{"b":2}]}"#);
+        let minimal = parse_single(r#"{"type":"x","properties":null,"id":null}"#, &LIMITS).unwrap();
+        assert!(minimal.id.is_none() && minimal.properties.is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        assert_eq!(err(r#"{}"#), EventError::Missing("type"));
+        assert_eq!(
+            err(r#"{"type":"a","x":1}"#),
+            EventError::Unknown("x".into())
+        );
+        assert_eq!(
+            err(r#"{"type":"a","type":"a"}"#),
+            EventError::Duplicate("type".into())
+        );
+        assert!(matches!(
+            err(r#"{"type":1}"#),
+            EventError::Invalid { field: "type", .. }
+        ));
+        assert!(matches!(
+            err(r#"{"type":"a","timestamp":"x"}"#),
+            EventError::Invalid {
+                field: "timestamp",
+                ..
+            }
+        ));
+        assert!(matches!(err(r#"{"type":"#), EventError::Json(_)));
+        assert_eq!(err("[1]"), EventError::NotObject);
+    }
+
+    #[test]
+    fn properties_depth_duplicates_and_size() {
+        let ok = r#"{"type":"a","properties":{"a":{"b":{"c":1}}}}"#;
+        assert!(parse_single(ok, &LIMITS).is_ok());
+        let deep = r#"{"type":"a","properties":{"a":{"b":{"c":[1]}}}}"#;
+        assert_eq!(err(deep), EventError::TooDeep(3));
+        let dup = r#"{"type":"a","properties":{"a":[{"k":1,"k":1}]}}"#;
+        assert!(matches!(err(dup), EventError::Duplicate(_)));
+        let escaped = r#"{"type":"a","properties":{"k":1,"\u006b":2}}"#;
+        assert!(matches!(err(escaped), EventError::Duplicate(_)));
+        let big = format!(
+            r#"{{"type":"a","properties":{{"x":"{}"}}}}"#,
+            "x".repeat(64)
+        );
+        assert!(matches!(err(&big), EventError::PropertiesTooLarge { .. }));
+    }
+
+    #[test]
+    fn batches() {
+        let events = parse_array(r#" [{"type":"a"},{"type":"b"}] "#, &LIMITS).unwrap();
+        assert_eq!(events.len(), 2);
+        let bad = parse_array(r#"[{"type":"a"},{"typ":"b"}]"#, &LIMITS).unwrap_err();
+        assert_eq!(bad.index, Some(1));
+        let many = parse_array(
+            r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#,
+            &LIMITS,
+        );
+        assert_eq!(many.unwrap_err().error, EventError::BatchTooLarge(3));
+        assert_eq!(
+            parse_array("[]", &LIMITS).unwrap_err().error,
+            EventError::EmptyBatch
+        );
+        let nd = parse_ndjson("{\"type\":\"a\"}\r\n\n{\"type\":\"b\"}", &LIMITS).unwrap();
+        assert_eq!(nd.len(), 2);
+        let bad = parse_ndjson("{\"type\":\"a\"}\n{\"type\":2}\n", &LIMITS).unwrap_err();
+        assert_eq!(bad.index, Some(1));
     }
 }

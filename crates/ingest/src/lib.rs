@@ -58,10 +58,61 @@ pub enum Error {
 }
 
 /// Binds `ingest.listen` and serves until `shutdown` resolves (what `ess ingest` runs).
+///
+/// With `ingest.workers` ≥ 1 the server runs on a runtime of its own (single-threaded for 1),
+/// on its own threads; the caller's runtime only waits for the shutdown signal and the result.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    server::run(config, shutdown).await?;
-    Ok(())
+    let workers = config.ingest.workers;
+    if workers == 0 {
+        server::run(config, shutdown).await?;
+        return Ok(());
+    }
+    // A runtime of its own, on threads of its own; the caller's runtime only waits for it.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("ess-ingest".into())
+        .spawn(move || {
+            let runtime = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .thread_name("ess-ingest")
+                    .enable_all()
+                    .build()
+            };
+            let result = match runtime {
+                Ok(runtime) => runtime.block_on(server::run(config, async {
+                    let _ = stop_rx.await;
+                })),
+                Err(e) => Err(Error::Internal(format!(
+                    "cannot start the ingest runtime: {e}"
+                ))),
+            };
+            let _ = done_tx.send(result);
+        })?;
+    let mut done = std::pin::pin!(done_rx);
+    tokio::select! {
+        result = &mut done => return finish(thread, result),
+        () = shutdown => {}
+    }
+    let _ = stop_tx.send(());
+    finish(thread, done.await)
+}
+
+fn finish(
+    thread: std::thread::JoinHandle<()>,
+    result: Result<Result<(), Error>, tokio::sync::oneshot::error::RecvError>,
+) -> anyhow::Result<()> {
+    let _ = thread.join();
+    match result {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("the ingest runtime stopped unexpectedly"),
+    }
 }

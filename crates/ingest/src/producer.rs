@@ -7,11 +7,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ess_core::config::Config;
 use futures::future::{MaybeDone, maybe_done};
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
@@ -25,11 +28,18 @@ pub const SCHEMA_VERSION: &str = "1";
 const VERDICT_GRACE: Duration = Duration::from_millis(500);
 
 /// The producer and its topic.
+///
+/// The librdkafka producer inside can be replaced ([`Producer::rebuild`]): an idempotent
+/// producer whose broker lost its state (a restarted broker without durable storage) can stay
+/// stuck re-initialising its producer id, timing out every message although the broker answers.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<RwLock<FutureProducer>>,
+    client: Arc<ClientConfig>,
     topic: String,
     wait: Duration,
+    /// Requests in a row that got no acknowledgement at all.
+    failing: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -104,10 +114,54 @@ impl Producer {
             client.set(key, value);
         }
         Ok(Self {
-            inner: client.create()?,
+            inner: Arc::new(RwLock::new(client.create()?)),
+            client: Arc::new(client),
             topic: config.kafka.topic.clone(),
             wait: ingest.produce_timeout + VERDICT_GRACE,
+            failing: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    fn current(&self) -> FutureProducer {
+        match self.inner.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the librdkafka producer with a fresh one. Deliveries pending on the old one
+    /// still get their verdict.
+    pub fn rebuild(&self) -> Result<(), KafkaError> {
+        let fresh: FutureProducer = self.client.create()?;
+        let old = {
+            let mut guard = match self.inner.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::replace(&mut *guard, fresh)
+        };
+        self.failing.store(0, Ordering::Relaxed);
+        // Let the old one finish what it holds, off the runtime threads.
+        let wait = self.wait;
+        std::thread::spawn(move || {
+            let _ = old.flush(wait);
+        });
+        Ok(())
+    }
+
+    /// How long a request waits for verdicts.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// Requests in a row whose events all failed; 0 after any acknowledgement.
+    pub fn failing_requests(&self) -> u64 {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Whether librdkafka reported a fatal error (the producer cannot continue).
+    pub fn is_fatal(&self) -> bool {
+        self.current().client().fatal_error().is_some()
     }
 
     /// The topic events go to.
@@ -131,15 +185,29 @@ impl Producer {
             .payload(payload)
             .timestamp(timestamp_ms)
             .headers(headers);
-        self.inner.send_result(record).map_err(|(e, _)| match e {
-            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => EnqueueError::QueueFull,
-            other => EnqueueError::Refused(other),
-        })
+        self.current()
+            .send_result(record)
+            .map_err(|(e, _)| match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    EnqueueError::QueueFull
+                }
+                other => EnqueueError::Refused(other),
+            })
     }
 
     /// Waits for the verdict on every delivery, up to the produce timeout (plus a short grace
     /// for librdkafka's own timeout to fire first).
     pub async fn settle(&self, deliveries: Vec<DeliveryFuture>) -> Vec<Outcome> {
+        let outcomes = self.wait_all(deliveries).await;
+        if outcomes.contains(&Outcome::Stored) {
+            self.failing.store(0, Ordering::Relaxed);
+        } else if !outcomes.is_empty() {
+            self.failing.fetch_add(1, Ordering::Relaxed);
+        }
+        outcomes
+    }
+
+    async fn wait_all(&self, deliveries: Vec<DeliveryFuture>) -> Vec<Outcome> {
         if deliveries.len() == 1 {
             let mut one = deliveries;
             let Some(delivery) = one.pop() else {
@@ -165,14 +233,14 @@ impl Producer {
 
     /// Messages waiting in the producer (queued or in flight).
     pub fn queue_depth(&self) -> i32 {
-        self.inner.in_flight_count()
+        self.current().in_flight_count()
     }
 
     /// Whether the broker answers metadata for the topic (blocks up to `timeout`; call from a
     /// blocking thread).
     pub fn has_topic_blocking(&self, timeout: Duration) -> Result<(), String> {
         let metadata = self
-            .inner
+            .current()
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .map_err(|e| e.to_string())?;
@@ -189,14 +257,17 @@ impl Producer {
 
     /// Delivers everything queued, up to `timeout` (blocks; call from a blocking thread).
     pub fn flush_blocking(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout)
+        self.current().flush(timeout)
     }
 }
 
 fn outcome(result: <DeliveryFuture as Future>::Output) -> Outcome {
     match result {
         Ok(Ok(_)) => Outcome::Stored,
-        Ok(Err(_)) => Outcome::Failed,
+        Ok(Err((e, _))) => {
+            tracing::debug!(error = %e, "delivery failed");
+            Outcome::Failed
+        }
         Err(_canceled) => Outcome::Unknown,
     }
 }

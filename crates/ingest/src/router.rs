@@ -314,3 +314,73 @@ async fn produce(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request as HttpRequest;
+    use ess_core::config::ApiKey;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A state whose broker never answers: everything before the producer is testable.
+    fn state() -> Arc<AppState> {
+        let mut config = Config::default();
+        config.kafka.brokers = "127.0.0.1:1".into();
+        config.ingest.api_keys = vec![ApiKey {
+            id: "k".into(),
+            key: "0123456789abcdef".into(),
+            rate_per_sec: 10,
+            burst: 10,
+        }];
+        Arc::new(AppState::new(&config).unwrap())
+    }
+
+    async fn call(state: &Arc<AppState>, request: HttpRequest<Body>) -> (u16, serde_json::Value) {
+        let response = app(Arc::clone(state)).oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    fn post(path: &str, key: Option<&str>, body: &'static str) -> HttpRequest<Body> {
+        let mut builder = HttpRequest::post(path).header("content-type", "application/json");
+        if let Some(key) = key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        builder.body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn statuses_before_the_broker_answers() {
+        let state = state();
+        let get = |path: &str| HttpRequest::get(path).body(Body::empty()).unwrap();
+        assert_eq!(call(&state, get("/healthz")).await.0, 200);
+        let (status, body) = call(&state, get("/readyz")).await;
+        assert_eq!((status, body["status"].as_str()), (503, Some("starting")));
+        let key = Some("0123456789abcdef");
+        let (status, body) = call(&state, post("/v1/events", None, r#"{"type":"a"}"#)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("missing_api_key"))
+        );
+        let (status, body) = call(&state, post("/v1/events", key, r#"{"type":""}"#)).await;
+        assert_eq!((status, body["field"].as_str()), (400, Some("type")));
+        let (status, body) = call(&state, post("/v1/events", key, r#"{"type":"a"}"#)).await;
+        assert_eq!((status, body["error"].as_str()), (503, Some("not_ready")));
+        state.set_ready();
+        state.set_draining();
+        assert_eq!(call(&state, get("/readyz")).await.1["status"], "draining");
+        let metrics = app(Arc::clone(&state))
+            .oneshot(get("/metrics"))
+            .await
+            .unwrap();
+        let text = metrics.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("ess_ingest_requests_total{status=\"401\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ess_core::config::{AuthMode, Config};
 use tokio::net::TcpListener;
@@ -18,6 +18,8 @@ use crate::router::{AppState, app};
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// How long one metadata request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the producer's health is checked.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 /// How often histogram samples are folded.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -58,6 +60,7 @@ pub async fn serve(
         "ess ingest listening"
     );
     let probe = tokio::spawn(readiness(Arc::clone(&state)));
+    let supervisor = tokio::spawn(supervise(Arc::clone(&state)));
     let upkeep = {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
@@ -85,6 +88,7 @@ pub async fn serve(
         .with_graceful_shutdown(signal)
         .await;
     probe.abort();
+    supervisor.abort();
     upkeep.abort();
     let producer = state.producer().clone();
     let timeout = config.ingest.shutdown_timeout;
@@ -117,5 +121,40 @@ async fn readiness(state: Arc<AppState>) {
             _ => {}
         }
         tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// Replaces the producer when it cannot recover on its own: after a fatal error, or when it
+/// gets no acknowledgement at all although the broker answers metadata for the topic (an
+/// idempotent producer whose broker restarted without its state stays stuck that way).
+async fn supervise(state: Arc<AppState>) {
+    let mut last_rebuild: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let producer = state.producer().clone();
+        let fatal = producer.is_fatal();
+        if !fatal && producer.failing_requests() == 0 {
+            continue;
+        }
+        if last_rebuild.is_some_and(|at| at.elapsed() < producer.wait() * 2) {
+            continue;
+        }
+        if !fatal {
+            let probe = producer.clone();
+            let answers =
+                tokio::task::spawn_blocking(move || probe.has_topic_blocking(PROBE_TIMEOUT)).await;
+            if !matches!(answers, Ok(Ok(()))) {
+                continue;
+            }
+        }
+        tracing::warn!(
+            fatal,
+            failing_requests = producer.failing_requests(),
+            "the producer gets no acknowledgements although the broker answers; replacing it"
+        );
+        if let Err(e) = producer.rebuild() {
+            tracing::error!(error = %e, "cannot create a new producer");
+        }
+        last_rebuild = Some(Instant::now());
     }
 }

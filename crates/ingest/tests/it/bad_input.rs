@@ -65,8 +65,8 @@ fn nested(depth: usize) -> String {
 
 fn gzip(data: &[u8]) -> Bytes {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(data).unwrap();
-    Bytes::from(gz.finish().unwrap())
+    gz.write_all(data).expect("compress");
+    Bytes::from(gz.finish().expect("compress"))
 }
 
 fn cases() -> Vec<Case> {

@@ -64,7 +64,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
         .await;
     ids.extend(reply.ids());
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(array_body.as_bytes()).unwrap();
+    gz.write_all(array_body.as_bytes()).expect("gzip");
     let reply = client
         .send(
             "POST",
@@ -74,7 +74,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
                 ("content-type", "application/json"),
                 ("content-encoding", "gzip"),
             ],
-            Bytes::from(gz.finish().unwrap()),
+            Bytes::from(gz.finish().expect("gzip")),
         )
         .await;
     ids.extend(reply.ids());
@@ -87,7 +87,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
                 ("content-type", "application/json"),
                 ("content-encoding", "zstd"),
             ],
-            Bytes::from(zstd::encode_all(array_body.as_bytes(), 3).unwrap()),
+            Bytes::from(zstd::encode_all(array_body.as_bytes(), 3).expect("zstd")),
         )
         .await;
     ids.extend(reply.ids());
@@ -110,7 +110,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
     assert_eq!(v["source"], "web");
     assert_eq!(v["timestamp"], "2026-11-24T08:00:00.123Z");
     // The client's properties text, byte for byte.
-    let raw = String::from_utf8(full.raw.clone()).unwrap();
+    let raw = String::from_utf8(full.raw.clone()).expect("UTF-8");
     assert!(
         raw.contains(r#""properties":{"path":"/é","n":[1,2.5,null],"deep":{"a":{"b":true}}}"#),
         "{raw}"
@@ -118,7 +118,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
     let event = ess_core::event::WireEvent::from_json(&full.raw).expect("the sink can read it");
     assert_eq!(full.timestamp_ms, Some(event.ingest_time.0));
     assert_eq!(full.schema_header.as_deref(), Some("1"));
-    let ingest_time = v["ingest_time"].as_str().unwrap();
+    let ingest_time = v["ingest_time"].as_str().expect("ingest_time");
     assert_eq!(ingest_time.len(), 24, "{ingest_time}");
 
     let min = by_id(&minimal[0]);
@@ -266,6 +266,46 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_is_a_503_with_per_event_results() {
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    config.ingest.queue_max_messages = 2;
+    // Hold messages in the queue so the third one finds it full.
+    config.ingest.linger_ms = 200;
+    let (server, client) = Server::ready(config.clone()).await;
+    let body: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"type":"q","properties":{{"i":{i}}}}}"#))
+        .collect();
+    let reply = client
+        .post("/v1/events/batch", format!("[{}]", body.join(",")))
+        .await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert!(reply.headers.contains_key("retry-after"));
+    let json = reply.json();
+    assert_eq!(json["error"], "queue_full", "{json}");
+    let results = json["results"].as_array().expect("results");
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["stored", "stored", "not_sent", "not_sent", "not_sent"]
+    );
+    assert_eq!(json["accepted"], 2);
+    let stored: Vec<String> = results[..2]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    // The stored ones are in Kafka; the others are not.
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 2).await;
+    assert_eq!(records.len(), 2);
+    assert_exactly_once(&records, &stored);
     server.stop().await;
     eph.cleanup().await;
 }
