@@ -1,7 +1,8 @@
 -- wrk script: POST /v1/events with a unique event id in every event.
 --   wrk -t2 -c64 -d30s --latency -s events.lua http://127.0.0.1:8090
 -- Environment: BATCH=N sends a JSON array of N events per request (default 1: one object);
--- API_KEY=K adds `Authorization: Bearer K`.
+-- API_KEY=K adds `Authorization: Bearer K`; DELAY_MS=D makes every connection wait D ms
+-- before each request (pacing for the end-to-end run; default 0: as fast as answers come).
 -- Ids look like UUID v4: a random prefix per thread, the thread's number and a counter, so no
 -- two events of one run share an id. At the end it prints one line `WRK_JSON {...}` with the
 -- totals and latency percentiles (microseconds) for bench/run to read. errors_status counts
@@ -11,6 +12,7 @@
 local threads = {}
 local batch = tonumber(os.getenv("BATCH") or "1") or 1
 local api_key = os.getenv("API_KEY")
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "0") or 0
 
 function setup(thread)
    thread:set("thread_index", #threads)
@@ -37,6 +39,12 @@ local function event()
    return '{"id":"' .. id .. '","type":"page_view","source":"bench","timestamp":"'
       .. os.date("!%Y-%m-%dT%H:%M:%S") .. '.000Z","properties":{"path":"/products/'
       .. (counter % 1000) .. '","referrer":"https://example.com/","screen":"1920x1080"}}'
+end
+
+if delay_ms > 0 then
+   function delay()
+      return delay_ms
+   end
 end
 
 function request()
