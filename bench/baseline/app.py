@@ -18,8 +18,6 @@ by the event id, so either sink can drain a topic either ingest filled.
 Run: python app.py --port 8090 --topic T [--brokers 127.0.0.1:9092]
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import os
