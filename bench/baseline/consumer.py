@@ -13,7 +13,9 @@ id, type, source, event_time, ingest_time, store_time, properties, kafka_partiti
 kafka_offset. Consumer i inserts through node i (mod the list) into the Distributed table.
 
 Each worker prints JSON lines to stdout: `{"event": "first_fetch", ...}` once, then
-`{"event": "stats", ...}` every second while rows move, and `{"event": "stopped", ...}`.
+`{"event": "stats", ...}` every second while rows move, and `{"event": "stopped", ...}`. Both
+carry the writer's time so far: waiting for the batch to fill (wait_s), turning messages into
+rows (convert_s), inserting (insert_s) and committing (commit_s).
 
 Run: python consumer.py --topic T --database DB [--consumers 4] [--batch-size 20000]
 """
@@ -88,10 +90,12 @@ async def writer(
     index: int,
 ):
     rows_total = inserts = commit_failures = 0
+    spent = {"wait_s": 0.0, "convert_s": 0.0, "insert_s": 0.0, "commit_s": 0.0}
     last_report = time.time()
     insert_sql = f"INSERT INTO {table} VALUES"
     while not (stop.is_set() and queue.empty()):
         batch = []
+        t0 = time.perf_counter()
         try:
             batch.append(await asyncio.wait_for(queue.get(), timeout=0.5))
         except asyncio.TimeoutError:
@@ -108,8 +112,10 @@ async def writer(
                     batch.append(await asyncio.wait_for(queue.get(), timeout=remaining))
                 except asyncio.TimeoutError:
                     break
+        t1 = time.perf_counter()
         store_time = int(time.time() * 1000)
         rows = [to_row(m, store_time) for m in batch]
+        t2 = time.perf_counter()
         while True:
             try:
                 await client.execute(insert_sql, *rows)
@@ -117,6 +123,7 @@ async def writer(
             except Exception as error:  # ClickHouse down or busy: retry the same batch
                 emit(event="insert_error", worker=index, error=str(error)[:300])
                 await asyncio.sleep(1)
+        t3 = time.perf_counter()
         inserts += 1
         rows_total += len(rows)
         # Commit after the write: the highest offset written per partition, plus one.
@@ -132,10 +139,16 @@ async def writer(
             # commit and the table's replacing merge collapses the repeated rows.
             commit_failures += 1
             emit(event="commit_failed", worker=index, error=str(error)[:300])
+        t4 = time.perf_counter()
+        spent["wait_s"] += t1 - t0
+        spent["convert_s"] += t2 - t1
+        spent["insert_s"] += t3 - t2
+        spent["commit_s"] += t4 - t3
         now = time.time()
         if now - last_report >= 1.0:
             last_report = now
-            emit(event="stats", worker=index, t=now, rows=rows_total, inserts=inserts)
+            emit(event="stats", worker=index, t=now, rows=rows_total, inserts=inserts,
+                 **{k: round(v, 3) for k, v in spent.items()})
     emit(
         event="stopped",
         worker=index,
@@ -144,6 +157,7 @@ async def writer(
         rows=rows_total,
         inserts=inserts,
         commit_failures=commit_failures,
+        **{k: round(v, 3) for k, v in spent.items()},
     )
 
 
