@@ -1,14 +1,15 @@
 """The baseline's ingest: the original Python design's final (v5) HTTP tier.
 
 FastAPI served by one uvicorn worker; an aiokafka producer (acks=all) started with the app;
-each request validates its events and awaits `send_and_wait` (for a batch: every send) before
-it answers 202. Nothing is buffered in the process: when the request returns, the broker has the
+each request validates its event and awaits `send_and_wait` (a batch: every send) before it
+answers 202. Nothing is buffered in the process: when the request returns, the broker has the
 event, as in the original.
 
 Request shape is the one ess ingest serves, so the same load scripts drive both:
 
-    POST /v1/events   {"id": "<uuid>", "type": "page_view", "timestamp": "...", "properties": {}}
-                      or a JSON array of such objects (a batch)
+    POST /v1/events         {"id": "<uuid>", "type": "page_view", "timestamp": "...",
+                             "properties": {}}                       (one event)
+    POST /v1/events/batch   a JSON array of such objects
     → 202 {"accepted": N, "ids": ["<uuid>", ...]}
 
 Each Kafka message is the event as compact JSON in the same canonical form ess writes (id,
@@ -25,7 +26,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import orjson
 import uvicorn
@@ -75,33 +76,39 @@ async def lifespan(_app: FastAPI):
 app = FastAPI(lifespan=lifespan)
 
 
+def to_message(event: Event, event_id: str, ingest_time: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": event_id,
+            "type": event.type,
+            "source": event.source,
+            "timestamp": rfc3339_ms(to_ms(event.timestamp)) if event.timestamp else ingest_time,
+            "ingest_time": ingest_time,
+            "properties": event.properties,
+        }
+    )
+
+
 @app.post("/v1/events", status_code=202)
-async def ingest(body: Union[Event, List[Event]]) -> Dict[str, Any]:
-    events = body if isinstance(body, list) else [body]
-    now = int(time.time() * 1000)
-    ingest_time = rfc3339_ms(now)
+async def ingest(event: Event) -> Dict[str, Any]:
+    """The original's path: one event, one awaited send."""
+    event_id = str(event.id)
+    message = to_message(event, event_id, rfc3339_ms(int(time.time() * 1000)))
+    await producer.send_and_wait(TOPIC, message, key=event_id.encode())
+    return {"accepted": 1, "ids": [event_id]}
+
+
+@app.post("/v1/events/batch", status_code=202)
+async def ingest_batch(events: List[Event]) -> Dict[str, Any]:
+    """A batch: every send queued, then all awaited together (awaiting each in turn would
+    serialise the round trips, which no one would write)."""
+    ingest_time = rfc3339_ms(int(time.time() * 1000))
     ids = [str(event.id) for event in events]
-    messages = [
-        orjson.dumps(
-            {
-                "id": event_id,
-                "type": event.type,
-                "source": event.source,
-                "timestamp": rfc3339_ms(to_ms(event.timestamp)) if event.timestamp else ingest_time,
-                "ingest_time": ingest_time,
-                "properties": event.properties,
-            }
-        )
+    pending = [
+        await producer.send(TOPIC, to_message(event, event_id, ingest_time), key=event_id.encode())
         for event_id, event in zip(ids, events)
     ]
-    if len(messages) == 1:
-        # The original's path: one event, one awaited send.
-        await producer.send_and_wait(TOPIC, messages[0], key=ids[0].encode())
-    else:
-        # A batch: queue every send, then wait for all (waiting for each in turn would
-        # serialise the round trips, which no one would write).
-        pending = [await producer.send(TOPIC, m, key=i.encode()) for i, m in zip(ids, messages)]
-        await asyncio.gather(*pending)
+    await asyncio.gather(*pending)
     return {"accepted": len(ids), "ids": ids}
 
 

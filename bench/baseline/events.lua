@@ -1,7 +1,7 @@
 -- wrk script: POST /v1/events with a unique event id in every event.
 --   wrk -t2 -c64 -d30s --latency -s events.lua http://127.0.0.1:8090
--- Environment: BATCH=N sends a JSON array of N events per request (default 1: one object);
--- API_KEY=K adds `Authorization: Bearer K`; DELAY_MS=D makes every connection wait D ms
+-- Environment: BATCH=N sends a JSON array of N events per request to /v1/events/batch
+-- (default 1: one object to /v1/events); API_KEY=K adds `X-API-Key: K`; DELAY_MS=D makes every connection wait D ms
 -- before each request (pacing for the end-to-end run; default 0: as fast as answers come).
 -- Ids look like UUID v4: a random prefix per thread, the thread's number and a counter, so no
 -- two events of one run share an id. At the end it prints one line `WRK_JSON {...}` with the
@@ -29,7 +29,7 @@ function init(args)
    counter = 0
    headers = { ["Content-Type"] = "application/json" }
    if api_key and api_key ~= "" then
-      headers["Authorization"] = "Bearer " .. api_key
+      headers["X-API-Key"] = api_key
    end
 end
 
@@ -49,16 +49,18 @@ end
 
 function request()
    local body
+   local path = "/v1/events"
    if batch <= 1 then
       body = event()
    else
+      path = "/v1/events/batch"
       local parts = {}
       for i = 1, batch do
          parts[i] = event()
       end
       body = "[" .. table.concat(parts, ",") .. "]"
    end
-   return wrk.format("POST", "/v1/events", headers, body)
+   return wrk.format("POST", path, headers, body)
 end
 
 function done(summary, latency, requests)
