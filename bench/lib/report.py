@@ -123,7 +123,10 @@ def goals(results: dict) -> list[str]:
 
 
 def render(results: dict) -> str:
-    out = []
+    out = [
+        "Ratios say how many times better ess is: a higher rate, or a lower latency, CPU cost or "
+        "memory (below 1× means worse).\n"
+    ]
     for part, title in PARTS.items():
         rows = results.get(part)
         if not rows:
