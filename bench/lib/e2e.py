@@ -239,6 +239,7 @@ def main() -> None:
             "drain_after_load_s": round((drained_at or time.time()) - ended, 2),
             "ready_s": round(ready_s, 2),
             "target_rps": args.rate,
+            "share_of_max": f"{rps / args.max_rps:.0%}" if args.max_rps else None,
             "delay_ms": delay_ms,
             "note": (
                 f"paced at {rps:,.0f} requests/s"
