@@ -1,0 +1,45 @@
+//! Hot path of ingest: reading and validating request bodies.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ess_ingest::event::{Limits, check_properties, parse_array, parse_single};
+use std::hint::black_box;
+
+const LIMITS: Limits = Limits {
+    max_type_len: 128,
+    max_properties_bytes: 32 * 1024,
+    max_depth: 32,
+    max_batch_events: 10_000,
+};
+
+fn event(i: usize) -> String {
+    format!(
+        r#"{{"id":"0193a5b2-7c1e-7d40-8a4b-{i:012x}","type":"page_view","timestamp":"2026-11-24T08:00:00.123Z","source":"web","properties":{{"path":"/products/{i}","referrer":"https://example.com/","session":"s-{i}","screen":{{"w":1920,"h":1080}},"tags":["a","b","c"],"value":12.5}}}}"#
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let one = event(1);
+    let mut group = c.benchmark_group("ingest_parse");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("single_event", |b| {
+        b.iter(|| parse_single(black_box(&one), &LIMITS).map(|e| e.kind.len()))
+    });
+    let batch = format!("[{}]", (0..100).map(event).collect::<Vec<_>>().join(","));
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("batch_of_100", |b| {
+        b.iter(|| parse_array(black_box(&batch), &LIMITS).map(|v| v.len()))
+    });
+    group.finish();
+
+    let parsed = parse_single(&one, &LIMITS).expect("valid event");
+    let props = parsed.properties.expect("has properties");
+    let mut group = c.benchmark_group("ingest_properties");
+    group.throughput(Throughput::Bytes(props.get().len() as u64));
+    group.bench_function("check_properties", |b| {
+        b.iter(|| check_properties(black_box(props), &LIMITS))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
