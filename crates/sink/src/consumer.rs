@@ -255,6 +255,7 @@ impl State {
             .map(|e| e.partition())
             .collect();
         tracing::info!(?parts, "partitions assigned; reconciling with ClickHouse");
+        self.health.assignments.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("ess_sink_assigned_partitions").set(parts.len() as f64);
         if parts.is_empty() {
             self.health.ready.store(true, Ordering::Relaxed);

@@ -88,6 +88,32 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// A started sink.
+#[derive(Debug)]
+pub struct Running {
+    /// Liveness, readiness and rebalance counts.
+    pub health: Arc<Health>,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen, if anywhere.
+    pub addr: Option<std::net::SocketAddr>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the sink has stopped (after `shutdown` resolved).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("sink task")?
+    }
+}
+
+/// Starts the sink: binds the health endpoint, then consumes in the background until
+/// `shutdown` resolves.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
     server::prometheus();
     let ch = &config.clickhouse;
     // Validation off: this sink sends plain RowBinary it encodes itself and reads tuples of
@@ -150,6 +176,7 @@ pub async fn run(
     let health = Arc::new(Health::default());
     health.beat();
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut addr = None;
     let server = if config.sink.listen.is_empty() {
         None
     } else {
@@ -159,8 +186,9 @@ pub async fn run(
                 addr: config.sink.listen.clone(),
                 source,
             })?;
-        let addr = listener.local_addr().context("listen address")?;
-        tracing::info!(%addr, "sink metrics and health listening");
+        let bound = listener.local_addr().context("listen address")?;
+        tracing::info!(addr = %bound, "sink metrics and health listening");
+        addr = Some(bound);
         let app = server::app(health.clone());
         Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -171,6 +199,34 @@ pub async fn run(
         }))
     };
 
+    let task_health = health.clone();
+    let task = tokio::spawn(async move {
+        let result = consume(
+            config,
+            shutdown,
+            writer,
+            generation,
+            reconciler,
+            task_health,
+        )
+        .await;
+        let _ = stop_server.send(());
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        result
+    });
+    Ok(Running { health, addr, task })
+}
+
+async fn consume(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    writer: Arc<Writer>,
+    generation: Arc<AtomicU64>,
+    reconciler: Reconciler,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(config.sink.queue_batches);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel();
     let dispatcher = tokio::spawn(writer::dispatch(
@@ -217,9 +273,5 @@ pub async fn run(
     .await;
     stopper.abort();
     let _ = dispatcher.await;
-    let _ = stop_server.send(());
-    if let Some(server) = server {
-        let _ = server.await;
-    }
     polled.context("poll loop panicked")?
 }

@@ -1,7 +1,7 @@
 //! `/metrics` (Prometheus), `/healthz` (the poll loop is alive) and `/readyz` (assigned,
 //! reconciled and not draining).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -18,6 +18,10 @@ pub struct Health {
     pub polled_at: AtomicI64,
     /// In the group with an assignment, and not draining.
     pub ready: AtomicBool,
+    /// Assignments received (each rebalance that gave this sink partitions).
+    pub assignments: AtomicU64,
+    /// Revocations of a non-empty assignment (each rebalance that took partitions away).
+    pub revocations: AtomicU64,
 }
 
 impl Health {

@@ -59,7 +59,7 @@ impl Default for SinkConfig {
         Self {
             group_id: "ess-sink".into(),
             listen: "127.0.0.1:9464".into(),
-            batch_rows: 50_000,
+            batch_rows: 100_000,
             batch_bytes: 16 * 1024 * 1024,
             batch_max_wait: Duration::from_millis(300),
             inflight_inserts: 3,

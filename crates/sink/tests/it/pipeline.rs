@@ -17,7 +17,7 @@ async fn every_event_is_stored_once_with_exact_columns_and_offsets_committed() {
     let config = test_config(eph.config.clone());
     let producer = producer(&config);
     produce(&config, &producer, 20_000, 0).await;
-    let sink = InProcess::start(&config);
+    let sink = InProcess::start(&config).await;
     let (count, uniq) = wait_for_rows(&config, 20_000, Duration::from_secs(60)).await;
     assert_eq!((count, uniq), (20_000, 20_000));
 
@@ -78,7 +78,7 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_
     produce(&config, &producer, 100, 0).await;
     produce_raw(&config, &producer, 0, "poison", b"{not json").await;
     produce(&config, &producer, 100, 100).await;
-    let sink = InProcess::start(&config);
+    let sink = InProcess::start(&config).await;
     assert_eq!(
         wait_for_rows(&config, 200, Duration::from_secs(60)).await,
         (200, 200)
@@ -158,7 +158,7 @@ async fn rows_stored_but_not_committed_are_not_written_again() {
     insert.end().await.expect("insert");
     assert_eq!(counts(&config).await, (300, 300));
 
-    let sink = InProcess::start(&config);
+    let sink = InProcess::start(&config).await;
     assert_eq!(
         wait_for_rows(&config, 1_000, Duration::from_secs(60)).await,
         (1_000, 1_000)

@@ -7,7 +7,6 @@ use ess_core::event::{Millis, WireEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Settings for fast group joins and small batches.
 pub fn test_config(mut config: Config) -> Config {
@@ -95,23 +94,25 @@ pub async fn produce_raw(
 /// A sink running in this process.
 pub struct InProcess {
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    running: ess_sink::Running,
 }
 
 impl InProcess {
-    pub fn start(config: &Config) -> Self {
+    pub async fn start(config: &Config) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = config.clone();
-        let task = tokio::spawn(async move {
-            ess_sink::run(config, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
+        let running = ess_sink::start(config.clone(), async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("sink starts");
         Self {
             stop: Some(stop),
-            task,
+            running,
         }
+    }
+
+    pub fn health(&self) -> &ess_sink::server::Health {
+        &self.running.health
     }
 
     /// Graceful stop; returns what `run` returned.
@@ -119,10 +120,9 @@ impl InProcess {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+        tokio::time::timeout(Duration::from_secs(60), self.running.wait())
             .await
             .expect("sink stops within 60 s")
-            .expect("sink task")
     }
 }
 
