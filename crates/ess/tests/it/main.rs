@@ -3,4 +3,5 @@
 
 mod broker;
 mod schema;
+mod sink;
 mod stack;
