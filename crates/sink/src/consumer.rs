@@ -196,6 +196,9 @@ impl State {
             if self.pending.is_empty() && self.tracker.in_flight() == 0 {
                 break true;
             }
+            if self.batches.is_closed() {
+                break false;
+            }
             let now = Instant::now();
             if now >= deadline {
                 break false;
@@ -449,7 +452,8 @@ pub fn poll_loop(
     consumer.subscribe(&[&config.topic])?;
     tracing::info!(topic = %config.topic, "sink consuming");
 
-    while !stop.load(Ordering::SeqCst) {
+    // The writer's queue closes only when the runtime goes away under us: stop then too.
+    while !stop.load(Ordering::SeqCst) && !lock(&state).batches.is_closed() {
         health.beat();
         let timeout = {
             let mut s = lock(&state);

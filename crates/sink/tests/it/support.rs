@@ -8,6 +8,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+/// Sink logs on stderr (`RUST_LOG`, default warn), shown with `--nocapture`.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// Settings for fast group joins and small batches.
 pub fn test_config(mut config: Config) -> Config {
     config.sink.session_timeout_ms = 2000;
