@@ -1,6 +1,8 @@
 //! Pre-fills a topic with canonical events for the sink benchmark (`bench/sink/run`).
 //!
-//! `fill BROKERS TOPIC COUNT`: COUNT events of ~200 bytes, keyed by id.
+//! `fill BROKERS TOPIC COUNT [RATE]`: COUNT events of ~200 bytes, keyed by id, as fast as
+//! possible or at RATE events/s (each stamped `ingest_time` = when it is produced, as ingest
+//! would).
 //! `fill BROKERS TOPIC delete`: deletes the topic afterwards.
 
 use std::time::{Duration, Instant};
@@ -28,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let count: u64 = count.parse()?;
+    let rate: Option<f64> = args.get(4).map(|r| r.parse()).transpose()?;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -40,6 +43,15 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let kinds = ["page_view", "click", "signup", "purchase"];
     for i in 0..count {
+        if let Some(rate) = rate
+            && i % 500 == 0
+        {
+            let due = Duration::from_secs_f64(i as f64 / rate);
+            let elapsed = started.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
         let id = uuid::Uuid::now_v7();
         let props = RawValue::from_string(format!(
             r#"{{"path":"/products/{}","ref":"campaign-{}","n":{i},"ua":"Mozilla/5.0 (X11; Linux x86_64)"}}"#,
