@@ -81,8 +81,11 @@ impl SinkConfig {
         if self.batch_rows == 0 {
             return Err(value_error("sink.batch_rows", "must be at least 1"));
         }
-        if self.batch_bytes < 1024 {
-            return Err(value_error("sink.batch_bytes", "must be at least 1024"));
+        if !(1024..=1 << 30).contains(&self.batch_bytes) {
+            return Err(value_error(
+                "sink.batch_bytes",
+                "must be between 1024 and 1073741824 (1 GiB)",
+            ));
         }
         if self.inflight_inserts == 0 {
             return Err(value_error("sink.inflight_inserts", "must be at least 1"));
