@@ -7,4 +7,5 @@ mod broker;
 mod demo;
 mod modern;
 mod schema;
+mod sink;
 mod stack;
