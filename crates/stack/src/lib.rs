@@ -473,7 +473,7 @@ impl Stack {
             if self.is_ready(service).await {
                 return Ok(());
             }
-            let alive = PidFile::read(&service.pid_path()).is_some_and(|p| p.is_alive());
+            let alive = PidFile::read(&service.pid_path()).is_some_and(|p| p.is_running());
             if !alive || Instant::now() > deadline {
                 let log = service.log_path();
                 let mut tail = log_tail(&log, 15);

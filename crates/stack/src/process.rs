@@ -38,20 +38,22 @@ impl PidFile {
 
     /// Whether the process runs and is ours.
     pub fn is_alive(&self) -> bool {
-        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", self.pid)) else {
-            return false;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            // A zombie has exited; only its parent's wait is missing.
-            if stat
+        self.is_running()
+            && std::fs::read(format!("/proc/{}/cmdline", self.pid))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&self.marker))
+    }
+
+    /// Whether the pid runs at all (not exited, not a zombie), whatever its command line.
+    /// Right after a spawn the command line can still be mid-exec, so waiting for a process
+    /// we just started uses this rather than [`PidFile::is_alive`].
+    pub fn is_running(&self) -> bool {
+        // A zombie has exited; only its parent's wait is missing.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+            !stat
                 .rsplit(')')
                 .next()
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-            {
-                return false;
-            }
-        }
-        String::from_utf8_lossy(&cmdline).contains(&self.marker)
+        })
     }
 }
 
