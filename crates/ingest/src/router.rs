@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use ess_core::config::{Config, IngestConfig};
 use ess_core::event::{Millis, WireEvent};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -187,21 +187,53 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        drain(body, state.config.read_timeout).await;
         return Err(BodyError::TooLarge(limit, "").into());
     }
-    let collected = tokio::time::timeout(
-        state.config.read_timeout,
-        Limited::new(body, limit).collect(),
-    )
-    .await
-    .map_err(|_| ApiError::ReadTimeout)?;
+    let mut body = body;
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ApiError::BodyRead)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Ok::<_, ApiError>(None);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(Some(buf.freeze()))
+    };
+    let collected = tokio::time::timeout(state.config.read_timeout, read)
+        .await
+        .map_err(|_| ApiError::ReadTimeout)??;
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+        Some(bytes) => Ok(bytes),
+        None => {
+            drain(body, state.config.read_timeout).await;
             Err(BodyError::TooLarge(limit, "").into())
         }
-        Err(_) => Err(ApiError::BodyRead),
     }
+}
+
+/// Most bytes read and thrown away after refusing an oversized body.
+const DRAIN_BYTES: u64 = 64 << 20;
+
+/// Reads and discards what is left of a refused body (up to [`DRAIN_BYTES`] within
+/// `timeout`), so the client has finished sending when the 413 arrives. A server that answers
+/// and closes with unread bytes makes the kernel reset the connection, and the client never
+/// sees the answer.
+async fn drain(mut body: Body, timeout: std::time::Duration) {
+    let discard = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, discard).await;
 }
 
 async fn decode(raw: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, ApiError> {
