@@ -1,5 +1,6 @@
 //! `[ingest]`: the HTTP ingest server.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,15 @@ pub struct IngestConfig {
     pub compression: String,
     /// Most messages waiting in the producer queue; beyond it requests get 503.
     pub queue_max_messages: u32,
+    /// Most kilobytes waiting in the producer queue; beyond it requests get 503.
+    pub queue_max_kbytes: u32,
+    /// How long a client may take to send its request body before it gets 408.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Seconds clients are told to wait (`Retry-After`) when the broker is unavailable.
+    pub retry_after_secs: u32,
+    /// Extra librdkafka producer properties, applied last (e.g. `batch.size`).
+    pub producer: BTreeMap<String, String>,
 }
 
 impl Default for IngestConfig {
@@ -90,7 +100,11 @@ impl Default for IngestConfig {
             shutdown_timeout: Duration::from_secs(10),
             linger_ms: 5,
             compression: "lz4".into(),
-            queue_max_messages: 500_000,
+            queue_max_messages: 100_000,
+            queue_max_kbytes: 32 * 1024,
+            read_timeout: Duration::from_secs(30),
+            retry_after_secs: 1,
+            producer: BTreeMap::new(),
         }
     }
 }
@@ -122,6 +136,33 @@ impl IngestConfig {
                     "rate_per_sec and burst must be positive",
                 ));
             }
+        }
+        if self.max_body_bytes == 0 {
+            return Err(value_error("ingest.max_body_bytes", "must be at least 1"));
+        }
+        if self.max_type_len == 0 {
+            return Err(value_error("ingest.max_type_len", "must be at least 1"));
+        }
+        if !(1..=100).contains(&self.max_depth) {
+            return Err(value_error("ingest.max_depth", "must be between 1 and 100"));
+        }
+        if self.max_properties_bytes < 2 || self.max_properties_bytes > 900_000 {
+            return Err(value_error(
+                "ingest.max_properties_bytes",
+                "must be between 2 and 900000 (one event must fit in a Kafka message)",
+            ));
+        }
+        if self.produce_timeout < Duration::from_millis(100) {
+            return Err(value_error(
+                "ingest.produce_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if self.queue_max_messages == 0 || self.queue_max_kbytes == 0 {
+            return Err(value_error(
+                "ingest.queue_max_messages",
+                "queue_max_messages and queue_max_kbytes must be positive",
+            ));
         }
         if self.max_batch_events == 0 {
             return Err(value_error("ingest.max_batch_events", "must be at least 1"));

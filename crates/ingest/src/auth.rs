@@ -1,0 +1,219 @@
+//! API keys and their rate limits.
+//!
+//! Keys are compared as SHA-256 digests with a constant-time equality over every configured key,
+//! so neither the position of the first differing byte nor the key's length nor which key
+//! matched shows in the response time. Each key has a token bucket counted in events.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use ess_core::config::{ApiKey, AuthMode};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The configured keys.
+#[derive(Debug)]
+pub struct Keys {
+    mode: AuthMode,
+    keys: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    digest: [u8; 32],
+    id: String,
+    bucket: Bucket,
+}
+
+/// A key that passed the check.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The key's id (`None` when auth is off).
+    pub id: Option<&'a str>,
+    index: Option<usize>,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No key was sent.
+    #[error("missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
+    Missing,
+    /// The key is not configured.
+    #[error("invalid API key")]
+    Invalid,
+    /// Over the key's rate; retry after the duration.
+    #[error("rate limit exceeded for this API key")]
+    RateLimited(Duration),
+}
+
+impl Keys {
+    /// Builds the key table.
+    pub fn new(mode: AuthMode, keys: &[ApiKey]) -> Self {
+        Self {
+            mode,
+            keys: keys
+                .iter()
+                .map(|k| Entry {
+                    digest: Sha256::digest(k.key.as_bytes()).into(),
+                    id: k.id.clone(),
+                    bucket: Bucket::new(k.rate_per_sec, k.burst),
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks the request's key.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Caller<'_>, AuthError> {
+        if self.mode == AuthMode::Off {
+            return Ok(Caller {
+                id: None,
+                index: None,
+            });
+        }
+        let presented = presented_key(headers).ok_or(AuthError::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut found = None;
+        for (i, entry) in self.keys.iter().enumerate() {
+            // Every key is compared, whichever matches.
+            if bool::from(entry.digest.ct_eq(&digest)) {
+                found = Some(i);
+            }
+        }
+        let index = found.ok_or(AuthError::Invalid)?;
+        Ok(Caller {
+            id: Some(&self.keys[index].id),
+            index: Some(index),
+        })
+    }
+
+    /// Takes `events` tokens from the caller's bucket.
+    pub fn take(&self, caller: &Caller<'_>, events: usize) -> Result<(), AuthError> {
+        match caller.index.and_then(|i| self.keys.get(i)) {
+            Some(entry) => entry
+                .bucket
+                .take(events as f64, Instant::now())
+                .map_err(AuthError::RateLimited),
+            None => Ok(()),
+        }
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(value) = headers.get("x-api-key") {
+        let key = value.as_bytes().trim_ascii();
+        return (!key.is_empty()).then_some(key);
+    }
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let key = rest.trim_ascii();
+    (!key.is_empty()).then_some(key)
+}
+
+/// A token bucket: `rate` tokens per second up to `burst`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            state: Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    /// Takes `n` tokens, or says how long until there will be enough.
+    fn take(&self, n: f64, now: Instant) -> Result<(), Duration> {
+        let mut state = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (tokens, last) = *state;
+        let elapsed = now.saturating_duration_since(last).as_secs_f64();
+        let tokens = (tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= n {
+            *state = (tokens - n, now);
+            Ok(())
+        } else {
+            *state = (tokens, now);
+            // More than the burst can never pass; tell the client to come back in a while.
+            let missing = (n.min(self.burst) - tokens).max(0.0);
+            Err(Duration::from_secs_f64(missing / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn key(id: &str, key: &str, rate: u32, burst: u32) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            key: key.into(),
+            rate_per_sec: rate,
+            burst,
+        }
+    }
+
+    #[test]
+    fn bearer_and_header_keys() {
+        let keys = Keys::new(
+            AuthMode::On,
+            &[
+                key("a", "aaaaaaaaaaaaaaaa", 10, 10),
+                key("b", "bbbbbbbbbbbbbbbb", 10, 10),
+            ],
+        );
+        let mut h = HeaderMap::new();
+        assert_eq!(keys.check(&h).unwrap_err(), AuthError::Missing);
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer bbbbbbbbbbbbbbbb"),
+        );
+        assert_eq!(keys.check(&h).unwrap().id, Some("b"));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("bearer wrong-key-xxxxxxx"),
+        );
+        assert_eq!(keys.check(&h).unwrap_err(), AuthError::Invalid);
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic aaaaaaaaaaaaaaaa"),
+        );
+        assert_eq!(keys.check(&h).unwrap_err(), AuthError::Missing);
+        h.insert("x-api-key", HeaderValue::from_static("aaaaaaaaaaaaaaaa"));
+        assert_eq!(keys.check(&h).unwrap().id, Some("a"));
+    }
+
+    #[test]
+    fn auth_off_lets_everyone_in() {
+        let keys = Keys::new(AuthMode::Off, &[]);
+        let caller = keys.check(&HeaderMap::new()).unwrap();
+        assert_eq!(caller.id, None);
+        assert!(keys.take(&caller, 1_000_000).is_ok());
+    }
+
+    #[test]
+    fn bucket_refills_at_the_rate() {
+        let bucket = Bucket::new(10, 20);
+        let t0 = Instant::now();
+        assert!(bucket.take(20.0, t0).is_ok());
+        let wait = bucket.take(5.0, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
+        assert!(bucket.take(5.0, t0 + Duration::from_millis(500)).is_ok());
+        assert!(bucket.take(1.0, t0 + Duration::from_millis(500)).is_err());
+    }
+}

@@ -1,0 +1,780 @@
+//! Reading and validating events from a request body.
+//!
+//! The body is valid UTF-8 JSON: one event object, an array of them, or one object per line
+//! (NDJSON). Each event is read in one pass with borrowed strings; `properties` stays the
+//! client's text ([`RawValue`]) and is walked once more to refuse duplicate keys and nesting
+//! deeper than the limit, which serde_json alone would let through.
+//!
+//! Top-level keys other than `id`, `type`, `timestamp`, `properties` and `source` are refused
+//! (`unknown_field`), so a misspelt field never disappears silently.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::fmt;
+
+use ess_core::event::Millis;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// What the validator enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest `type` and `source`, in bytes.
+    pub max_type_len: usize,
+    /// Largest `properties`, in bytes of JSON text.
+    pub max_properties_bytes: usize,
+    /// Deepest nesting of `properties` (the object itself is depth 1).
+    pub max_depth: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+}
+
+/// One validated event, borrowing from the request body.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// The client's id, or `None` when the server must make one.
+    pub id: Option<Uuid>,
+    /// Event type.
+    pub kind: Cow<'a, str>,
+    /// The client's `source`, if given.
+    pub source: Option<Cow<'a, str>>,
+    /// The client's timestamp, if given.
+    pub timestamp: Option<Millis>,
+    /// The properties object as the client wrote it; `None` when absent.
+    pub properties: Option<&'a RawValue>,
+}
+
+/// Why an event (or the body holding it) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The body is not valid UTF-8.
+    #[error("the body is not valid UTF-8")]
+    InvalidUtf8,
+    /// Not JSON (syntax error, NaN, Infinity, trailing garbage …).
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// The event is not a JSON object.
+    #[error("an event must be a JSON object")]
+    NotObject,
+    /// A batch was not an array (or NDJSON).
+    #[error(
+        "a batch must be a JSON array of events, or NDJSON with Content-Type application/x-ndjson"
+    )]
+    NotArray,
+    /// A required field is absent.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// A top-level key the event model does not have.
+    #[error("unknown field `{0}`; allowed: id, type, timestamp, properties, source")]
+    Unknown(String),
+    /// The same key twice in one object.
+    #[error("duplicate key `{0}`")]
+    Duplicate(String),
+    /// A field has the wrong type or value.
+    #[error("invalid `{field}`: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// `properties` nests deeper than allowed.
+    #[error("`properties` nests deeper than {0} levels")]
+    TooDeep(usize),
+    /// `properties` is larger than allowed.
+    #[error("`properties` is {size} bytes; the limit is {limit}")]
+    PropertiesTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A batch without events.
+    #[error("the batch holds no events")]
+    EmptyBatch,
+    /// A batch with too many events.
+    #[error("the batch holds more than {0} events")]
+    BatchTooLarge(usize),
+}
+
+impl EventError {
+    /// The stable error code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::Json(_) => "invalid_json",
+            Self::NotObject => "invalid_event",
+            Self::NotArray => "invalid_batch",
+            Self::Missing(_) => "missing_field",
+            Self::Unknown(_) => "unknown_field",
+            Self::Duplicate(_) => "duplicate_key",
+            Self::Invalid { .. } => "invalid_field",
+            Self::TooDeep(_) => "too_deep",
+            Self::PropertiesTooLarge { .. } => "properties_too_large",
+            Self::EmptyBatch => "empty_batch",
+            Self::BatchTooLarge(_) => "batch_too_large",
+        }
+    }
+
+    /// The field the error is about, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Missing(f) | Self::Invalid { field: f, .. } => Some(f),
+            Self::Unknown(f) => Some(f),
+            Self::TooDeep(_) | Self::PropertiesTooLarge { .. } => Some("properties"),
+            _ => None,
+        }
+    }
+
+    /// Whether the error is about size (413) rather than shape (400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            Self::PropertiesTooLarge { .. } | Self::BatchTooLarge(_)
+        )
+    }
+}
+
+/// An error with the position of the event in its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Index of the event in the batch (`None` for single events and body-level errors).
+    pub index: Option<usize>,
+    /// What is wrong.
+    pub error: EventError,
+}
+
+/// Checks the body is UTF-8 once, so every later step can borrow `&str`.
+pub fn as_text(body: &[u8]) -> Result<&str, Rejected> {
+    std::str::from_utf8(body).map_err(|_| Rejected {
+        index: None,
+        error: EventError::InvalidUtf8,
+    })
+}
+
+/// Reads the body of `POST /v1/events`: exactly one event object.
+pub fn parse_single<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, Rejected> {
+    parse_event(text, limits).map_err(|error| Rejected { index: None, error })
+}
+
+/// Reads the body of `POST /v1/events/batch` sent as a JSON array.
+pub fn parse_array<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>, Rejected> {
+    let body_error = |error| Rejected { index: None, error };
+    if first_byte(text) != Some(b'[') {
+        return Err(body_error(if first_byte(text).is_none() {
+            EventError::Json("the body is empty".into())
+        } else {
+            EventError::NotArray
+        }));
+    }
+    let raws = {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let seed = ArraySeed {
+            max: limits.max_batch_events,
+        };
+        let raws = seed
+            .deserialize(&mut de)
+            .and_then(|raws| de.end().map(|()| raws));
+        match raws {
+            Ok(raws) => raws,
+            Err(e) if e.to_string().starts_with(TOO_MANY) => {
+                return Err(body_error(EventError::BatchTooLarge(
+                    limits.max_batch_events,
+                )));
+            }
+            Err(e) => return Err(body_error(json_error(&e, limits.max_depth))),
+        }
+    };
+    if raws.is_empty() {
+        return Err(body_error(EventError::EmptyBatch));
+    }
+    raws.into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            parse_event(raw.get(), limits).map_err(|error| Rejected {
+                index: Some(index),
+                error,
+            })
+        })
+        .collect()
+}
+
+/// Reads the body of `POST /v1/events/batch` sent as NDJSON: one event per non-blank line.
+pub fn parse_ndjson<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>, Rejected> {
+    let mut events = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        if events.len() == limits.max_batch_events {
+            return Err(Rejected {
+                index: None,
+                error: EventError::BatchTooLarge(limits.max_batch_events),
+            });
+        }
+        let index = events.len();
+        events.push(parse_event(line, limits).map_err(|error| Rejected {
+            index: Some(index),
+            error,
+        })?);
+    }
+    if events.is_empty() {
+        return Err(Rejected {
+            index: None,
+            error: EventError::EmptyBatch,
+        });
+    }
+    Ok(events)
+}
+
+fn first_byte(text: &str) -> Option<u8> {
+    text.bytes().find(|b| !b.is_ascii_whitespace())
+}
+
+const TOO_MANY: &str = "ess: too many events";
+
+/// Reads `[raw, raw, …]`, stopping as soon as there are more than `max`.
+struct ArraySeed {
+    max: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ArraySeed {
+    type Value = Vec<&'de RawValue>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ArraySeed {
+    type Value = Vec<&'de RawValue>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(self.max));
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if out.len() == self.max {
+                return Err(de::Error::custom(TOO_MANY));
+            }
+            out.push(raw);
+        }
+        Ok(out)
+    }
+}
+
+/// Maps a serde_json error that was not ours to an [`EventError`].
+fn json_error(e: &serde_json::Error, max_depth: usize) -> EventError {
+    let text = e.to_string();
+    if text.starts_with("recursion limit exceeded") {
+        // serde_json's own guard (128 levels) fires before ours on absurd nesting.
+        return EventError::TooDeep(max_depth);
+    }
+    EventError::Json(text)
+}
+
+/// Reads one event object from its text.
+fn parse_event<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, EventError> {
+    match first_byte(text) {
+        Some(b'{') => {}
+        None => return Err(EventError::Json("the body is empty".into())),
+        Some(_) => {
+            // Tell malformed JSON from a well-formed non-object.
+            return match serde_json::from_str::<IgnoredAny>(text) {
+                Ok(_) => Err(EventError::NotObject),
+                Err(e) => Err(json_error(&e, limits.max_depth)),
+            };
+        }
+    }
+    let found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let result = EventSeed { found: &found }
+        .deserialize(&mut de)
+        .and_then(|event| de.end().map(|()| event));
+    let event = match result {
+        Ok(event) => event,
+        Err(e) => {
+            // Syntax errors win: a truncated body is malformed JSON, whatever field it was in.
+            return Err(match (e.classify(), found.take()) {
+                (serde_json::error::Category::Data, Some(ours)) => ours,
+                _ => json_error(&e, limits.max_depth),
+            });
+        }
+    };
+    check_event(&event, limits)?;
+    Ok(event)
+}
+
+fn check_event(event: &Event<'_>, limits: &Limits) -> Result<(), EventError> {
+    check_name("type", &event.kind, limits.max_type_len)?;
+    if let Some(source) = &event.source {
+        check_name("source", source, limits.max_type_len)?;
+    }
+    if event.id.is_some_and(|id| id.is_nil()) {
+        return Err(EventError::Invalid {
+            field: "id",
+            reason: "the nil UUID is not an event id".into(),
+        });
+    }
+    if let Some(props) = event.properties {
+        check_properties(props, limits)?;
+    }
+    Ok(())
+}
+
+fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
+    let invalid = |reason: String| Err(EventError::Invalid { field, reason });
+    if value.trim().is_empty() {
+        return invalid("must not be empty or blank".into());
+    }
+    if value.len() > max {
+        return invalid(format!("is {} bytes; the limit is {max}", value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        return invalid("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// `properties` must be an object within the size and depth limits, without duplicate keys.
+pub fn check_properties(props: &RawValue, limits: &Limits) -> Result<(), EventError> {
+    let text = props.get();
+    if first_byte(text) != Some(b'{') {
+        return Err(EventError::Invalid {
+            field: "properties",
+            reason: "must be a JSON object".into(),
+        });
+    }
+    let found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let walk = Walk {
+        depth: 1,
+        max: limits.max_depth,
+        found: &found,
+    };
+    if let Err(e) = walk.deserialize(&mut de) {
+        return Err(found
+            .take()
+            .unwrap_or_else(|| json_error(&e, limits.max_depth)));
+    }
+    // After the walk, so that absurd nesting is reported as such, not as size.
+    if text.len() > limits.max_properties_bytes {
+        return Err(EventError::PropertiesTooLarge {
+            size: text.len(),
+            limit: limits.max_properties_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// The event object's keys.
+enum Field<'de> {
+    Id,
+    Type,
+    Timestamp,
+    Properties,
+    Source,
+    Unknown(Cow<'de, str>),
+}
+
+struct FieldSeed;
+
+impl<'de> DeserializeSeed<'de> for FieldSeed {
+    type Value = Field<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed {
+    type Value = Field<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Self::field(v).unwrap_or(Field::Unknown(Cow::Borrowed(v))))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Self::field(v).unwrap_or_else(|| Field::Unknown(Cow::Owned(v.to_owned()))))
+    }
+}
+
+impl FieldSeed {
+    fn field<'de>(name: &str) -> Option<Field<'de>> {
+        Some(match name {
+            "id" => Field::Id,
+            "type" => Field::Type,
+            "timestamp" => Field::Timestamp,
+            "properties" => Field::Properties,
+            "source" => Field::Source,
+            _ => return None,
+        })
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct StrSeed;
+
+impl<'de> DeserializeSeed<'de> for StrSeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrSeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+}
+
+/// A value that may be `null`, meaning absent.
+struct Nullable<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value or null")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(d).map(Some)
+    }
+}
+
+/// A seed for a plain `Deserialize` type.
+struct Plain<T>(std::marker::PhantomData<T>);
+
+impl<T> Plain<T> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Plain<T> {
+    type Value = T;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        T::deserialize(d)
+    }
+}
+
+/// Reads the event object; a refusal is left in `found` for the caller.
+struct EventSeed<'c> {
+    found: &'c Cell<Option<EventError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = Event<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl EventSeed<'_> {
+    fn fail<E: de::Error>(&self, error: EventError) -> E {
+        let message = error.to_string();
+        self.found.set(Some(error));
+        E::custom(message)
+    }
+
+    /// Reads one field's value, naming the field when it is wrong.
+    fn value<'de, A, S>(
+        &self,
+        map: &mut A,
+        field: &'static str,
+        seed: S,
+    ) -> Result<S::Value, A::Error>
+    where
+        A: MapAccess<'de>,
+        S: DeserializeSeed<'de>,
+    {
+        map.next_value_seed(seed).inspect_err(|e| {
+            // Keep serde_json's error (its category tells syntax from data); remember which
+            // field it was about in case it is a data error.
+            let reason = e.to_string();
+            // Strip serde_json's " at line 1 column 9" suffix: the field name says more.
+            let reason = match reason.rfind(" at line ") {
+                Some(at) => reason[..at].to_owned(),
+                None => reason,
+            };
+            self.found.set(Some(EventError::Invalid { field, reason }));
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = Event<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id: Option<Option<Uuid>> = None;
+        let mut kind: Option<Cow<'de, str>> = None;
+        let mut source: Option<Option<Cow<'de, str>>> = None;
+        let mut timestamp: Option<Option<Millis>> = None;
+        let mut properties: Option<Option<&'de RawValue>> = None;
+        while let Some(field) = map.next_key_seed(FieldSeed)? {
+            let duplicate = |name: &str| self.fail(EventError::Duplicate(name.to_owned()));
+            match field {
+                Field::Id => {
+                    if id.is_some() {
+                        return Err(duplicate("id"));
+                    }
+                    id = Some(self.value(&mut map, "id", Nullable(Plain::<Uuid>::new()))?);
+                }
+                Field::Type => {
+                    if kind.is_some() {
+                        return Err(duplicate("type"));
+                    }
+                    kind = Some(self.value(&mut map, "type", StrSeed)?);
+                }
+                Field::Source => {
+                    if source.is_some() {
+                        return Err(duplicate("source"));
+                    }
+                    source = Some(self.value(&mut map, "source", Nullable(StrSeed))?);
+                }
+                Field::Timestamp => {
+                    if timestamp.is_some() {
+                        return Err(duplicate("timestamp"));
+                    }
+                    timestamp = Some(self.value(
+                        &mut map,
+                        "timestamp",
+                        Nullable(Plain::<Millis>::new()),
+                    )?);
+                }
+                Field::Properties => {
+                    if properties.is_some() {
+                        return Err(duplicate("properties"));
+                    }
+                    // Borrowed raw text: `null` stays "null" here and is refused later.
+                    let raw = self.value(&mut map, "properties", Plain::<&'de RawValue>::new())?;
+                    properties = Some(if raw.get() == "null" { None } else { Some(raw) });
+                }
+                Field::Unknown(name) => {
+                    return Err(self.fail(EventError::Unknown(name.into_owned())));
+                }
+            }
+        }
+        let Some(kind) = kind else {
+            return Err(self.fail(EventError::Missing("type")));
+        };
+        Ok(Event {
+            id: id.flatten(),
+            kind,
+            source: source.flatten(),
+            timestamp: timestamp.flatten(),
+            properties: properties.flatten(),
+        })
+    }
+}
+
+/// Walks a JSON value: refuses duplicate keys and nesting deeper than `max`.
+struct Walk<'c> {
+    depth: usize,
+    max: usize,
+    found: &'c Cell<Option<EventError>>,
+}
+
+impl Walk<'_> {
+    fn fail<E: de::Error>(&self, error: EventError) -> E {
+        let message = error.to_string();
+        self.found.set(Some(error));
+        E::custom(message)
+    }
+
+    /// The walker for this container's children, or a refusal when the container is too deep.
+    fn children<E: de::Error>(&self) -> Result<Self, E> {
+        if self.depth > self.max {
+            return Err(self.fail(EventError::TooDeep(self.max)));
+        }
+        Ok(Walk {
+            depth: self.depth + 1,
+            max: self.max,
+            found: self.found,
+        })
+    }
+
+    fn again(&self) -> Self {
+        Walk {
+            depth: self.depth,
+            max: self.max,
+            found: self.found,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Objects with more keys than this switch from a linear scan to a hash set.
+const LINEAR_KEYS: usize = 16;
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let child = self.children()?;
+        while seq.next_element_seed(child.again())?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let child = self.children()?;
+        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        let mut set: Option<HashSet<Cow<'de, str>>> = None;
+        while let Some(key) = map.next_key_seed(StrSeed)? {
+            let duplicate = match &mut set {
+                Some(set) => !set.insert(key.clone()),
+                None => {
+                    let dup = keys.contains(&key);
+                    keys.push(key.clone());
+                    if keys.len() > LINEAR_KEYS {
+                        set = Some(keys.drain(..).collect());
+                    }
+                    dup
+                }
+            };
+            if duplicate {
+                return Err(self.fail(EventError::Duplicate(format!("{key}` in `properties"))));
+            }
+            map.next_value_seed(child.again())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_type_len: 16,
+        max_properties_bytes: 64,
+        max_depth: 3,
+        max_batch_events: 3,
+    };
+
+    fn err(text: &str) -> EventError {
+        parse_single(text, &LIMITS).unwrap_err().error
+    }
+
+    #[test]
+    fn reads_a_full_event_borrowing_the_body() {
+        let text = r#"{"id":"0192f0c4-1111-7000-8000-000000000001","type":"view","source":"web","timestamp":1764000000123,"properties":{"a":[1,{"b":2}]}}"#;
+        let event = parse_single(text, &LIMITS).unwrap();
+        assert!(matches!(event.kind, Cow::Borrowed("view")));
+        assert_eq!(event.source.as_deref(), Some("web"));
+        assert_eq!(event.timestamp, Some(Millis(1_764_000_000_123)));
+        assert_eq!(event.properties.unwrap().get(), r#"{"a":[1,{"b":2}]}"#);
+        let minimal = parse_single(r#"{"type":"x","properties":null,"id":null}"#, &LIMITS).unwrap();
+        assert!(minimal.id.is_none() && minimal.properties.is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        assert_eq!(err(r#"{}"#), EventError::Missing("type"));
+        assert_eq!(
+            err(r#"{"type":"a","x":1}"#),
+            EventError::Unknown("x".into())
+        );
+        assert_eq!(
+            err(r#"{"type":"a","type":"a"}"#),
+            EventError::Duplicate("type".into())
+        );
+        assert!(matches!(
+            err(r#"{"type":1}"#),
+            EventError::Invalid { field: "type", .. }
+        ));
+        assert!(matches!(
+            err(r#"{"type":"a","timestamp":"x"}"#),
+            EventError::Invalid {
+                field: "timestamp",
+                ..
+            }
+        ));
+        assert!(matches!(err(r#"{"type":"#), EventError::Json(_)));
+        assert_eq!(err("[1]"), EventError::NotObject);
+    }
+
+    #[test]
+    fn properties_depth_duplicates_and_size() {
+        let ok = r#"{"type":"a","properties":{"a":{"b":{"c":1}}}}"#;
+        assert!(parse_single(ok, &LIMITS).is_ok());
+        let deep = r#"{"type":"a","properties":{"a":{"b":{"c":[1]}}}}"#;
+        assert_eq!(err(deep), EventError::TooDeep(3));
+        let dup = r#"{"type":"a","properties":{"a":[{"k":1,"k":1}]}}"#;
+        assert!(matches!(err(dup), EventError::Duplicate(_)));
+        let escaped = r#"{"type":"a","properties":{"k":1,"\u006b":2}}"#;
+        assert!(matches!(err(escaped), EventError::Duplicate(_)));
+        let big = format!(
+            r#"{{"type":"a","properties":{{"x":"{}"}}}}"#,
+            "x".repeat(64)
+        );
+        assert!(matches!(err(&big), EventError::PropertiesTooLarge { .. }));
+    }
+
+    #[test]
+    fn batches() {
+        let events = parse_array(r#" [{"type":"a"},{"type":"b"}] "#, &LIMITS).unwrap();
+        assert_eq!(events.len(), 2);
+        let bad = parse_array(r#"[{"type":"a"},{"typ":"b"}]"#, &LIMITS).unwrap_err();
+        assert_eq!(bad.index, Some(1));
+        let many = parse_array(
+            r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#,
+            &LIMITS,
+        );
+        assert_eq!(many.unwrap_err().error, EventError::BatchTooLarge(3));
+        assert_eq!(
+            parse_array("[]", &LIMITS).unwrap_err().error,
+            EventError::EmptyBatch
+        );
+        let nd = parse_ndjson("{\"type\":\"a\"}\r\n\n{\"type\":\"b\"}", &LIMITS).unwrap();
+        assert_eq!(nd.len(), 2);
+        let bad = parse_ndjson("{\"type\":\"a\"}\n{\"type\":2}\n", &LIMITS).unwrap_err();
+        assert_eq!(bad.index, Some(1));
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics of one server.
+//!
+//! Each server owns its recorder and keeps handles to its metrics, so nothing global is
+//! installed (tests run many servers in one process, and other components may install their
+//! own global recorder) and the hot path does no lookups.
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const REQUESTS: &str = "ess_ingest_requests_total";
+const ACCEPTED: &str = "ess_ingest_events_accepted_total";
+const QUEUE: &str = "ess_ingest_producer_queue_depth";
+const LATENCY: &str = "ess_ingest_produce_latency_seconds";
+
+/// Statuses counted under their own label; any other is counted as `other`.
+const STATUSES: [u16; 13] = [
+    200, 202, 400, 401, 404, 405, 408, 413, 415, 429, 500, 503, 504,
+];
+
+/// Produce latency buckets, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
+];
+
+/// The server's metrics.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    requests: [Counter; STATUSES.len()],
+    other: Counter,
+    /// Events the broker acknowledged.
+    pub accepted: Counter,
+    /// Messages in the producer queue.
+    pub queue_depth: Gauge,
+    /// Time from the first enqueue to the last verdict of a request.
+    pub produce_latency: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static META: Metadata<'static> = Metadata::new("ess_ingest", Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    /// A fresh recorder with every metric registered.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(LATENCY.into()), &BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        recorder.describe_counter(
+            REQUESTS.into(),
+            None,
+            "HTTP requests by response status".into(),
+        );
+        recorder.describe_counter(
+            ACCEPTED.into(),
+            None,
+            "Events acknowledged by the broker and answered 202".into(),
+        );
+        recorder.describe_gauge(
+            QUEUE.into(),
+            None,
+            "Messages queued or in flight in the producer".into(),
+        );
+        recorder.describe_histogram(
+            LATENCY.into(),
+            Some(Unit::Seconds),
+            "Time from handing a request's events to the producer until the broker's last acknowledgement".into(),
+        );
+        let status = |value: String| {
+            recorder.register_counter(
+                &Key::from_parts(REQUESTS, vec![Label::new("status", value)]),
+                &META,
+            )
+        };
+        Self {
+            requests: STATUSES.map(|s| status(s.to_string())),
+            other: status("other".into()),
+            accepted: recorder.register_counter(&Key::from_static_name(ACCEPTED), &META),
+            queue_depth: recorder.register_gauge(&Key::from_static_name(QUEUE), &META),
+            produce_latency: recorder.register_histogram(&Key::from_static_name(LATENCY), &META),
+            handle: recorder.handle(),
+        }
+    }
+
+    /// Counts one response.
+    pub fn request(&self, status: u16) {
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.requests[i].increment(1),
+            None => self.other.increment(1),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets (call every few seconds, so
+    /// samples do not pile up between scrapes).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,271 @@
+//! Every acknowledged event is in Kafka exactly once, with the right key and fields.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ess_testkit::Ephemeral;
+
+use crate::harness::{KEY, Server, assert_exactly_once, read_topic, with_keys};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
+    let eph = Ephemeral::new(3).await;
+    let config = with_keys(eph.config.clone());
+    let (server, client) = Server::ready(config.clone()).await;
+    let mut ids = Vec::new();
+
+    // One event with everything given.
+    let given = "0192f0c4-1111-7000-8000-000000000001";
+    let reply = client
+        .post(
+            "/v1/events",
+            format!(
+                r#"{{"id":"{given}","type":"page_view","source":"web","timestamp":"2026-11-24T10:00:00.123987+02:00","properties":{{"path":"/é","n":[1,2.5,null],"deep":{{"a":{{"b":true}}}}}}}}"#
+            ),
+        )
+        .await;
+    assert_eq!(reply.ids(), vec![given.to_owned()]);
+    ids.push(given.to_owned());
+
+    // Minimal event: the server makes the id, the timestamp and the source (the key's id).
+    let minimal = client.post("/v1/events", r#"{"type":"ping"}"#).await.ids();
+    ids.extend(minimal.clone());
+
+    // Epoch-millisecond timestamp.
+    let epoch = client
+        .post(
+            "/v1/events",
+            r#"{"type":"t","timestamp":1764000000123,"properties":{}}"#,
+        )
+        .await
+        .ids();
+    ids.extend(epoch.clone());
+
+    // A JSON array batch, an NDJSON batch, a gzip batch and a zstd batch.
+    let array: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"type":"batch","properties":{{"i":{i}}}}}"#))
+        .collect();
+    let array_body = format!("[{}]", array.join(","));
+    ids.extend(
+        client
+            .post("/v1/events/batch", array_body.clone())
+            .await
+            .ids(),
+    );
+    let ndjson = format!("{}\n", array.join("\n"));
+    let reply = client
+        .send(
+            "POST",
+            "/v1/events/batch",
+            &[("x-api-key", KEY), ("content-type", "application/x-ndjson")],
+            Bytes::from(ndjson),
+        )
+        .await;
+    ids.extend(reply.ids());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(array_body.as_bytes()).expect("gzip");
+    let reply = client
+        .send(
+            "POST",
+            "/v1/events/batch",
+            &[
+                ("x-api-key", KEY),
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            Bytes::from(gz.finish().expect("gzip")),
+        )
+        .await;
+    ids.extend(reply.ids());
+    let reply = client
+        .send(
+            "POST",
+            "/v1/events/batch",
+            &[
+                ("x-api-key", KEY),
+                ("content-type", "application/json"),
+                ("content-encoding", "zstd"),
+            ],
+            Bytes::from(zstd::encode_all(array_body.as_bytes(), 3).expect("zstd")),
+        )
+        .await;
+    ids.extend(reply.ids());
+    assert_eq!(ids.len(), 3 + 4 * 50);
+
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    assert_eq!(records.len(), ids.len());
+    assert_exactly_once(&records, &ids);
+
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r.key == id)
+            .expect("record")
+            .clone()
+    };
+    let full = by_id(given);
+    let v = &full.value;
+    assert_eq!(v["type"], "page_view");
+    assert_eq!(v["source"], "web");
+    assert_eq!(v["timestamp"], "2026-11-24T08:00:00.123Z");
+    // The client's properties text, byte for byte.
+    let raw = String::from_utf8(full.raw.clone()).expect("UTF-8");
+    assert!(
+        raw.contains(r#""properties":{"path":"/é","n":[1,2.5,null],"deep":{"a":{"b":true}}}"#),
+        "{raw}"
+    );
+    let event = ess_core::event::WireEvent::from_json(&full.raw).expect("the sink can read it");
+    assert_eq!(full.timestamp_ms, Some(event.ingest_time.0));
+    assert_eq!(full.schema_header.as_deref(), Some("1"));
+    let ingest_time = v["ingest_time"].as_str().expect("ingest_time");
+    assert_eq!(ingest_time.len(), 24, "{ingest_time}");
+
+    let min = by_id(&minimal[0]);
+    assert_eq!(min.value["source"], "test");
+    assert_eq!(min.value["properties"], serde_json::json!({}));
+    assert_eq!(min.value["timestamp"], min.value["ingest_time"]);
+    assert_eq!(
+        by_id(&epoch[0]).value["timestamp"],
+        "2025-11-24T16:00:00.123Z"
+    );
+
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_lose_and_duplicate_nothing() {
+    let eph = Ephemeral::new(4).await;
+    let config = with_keys(eph.config.clone());
+    let (server, client) = Server::ready(config.clone()).await;
+    let clients = 64;
+    let per_client = 40;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..per_client {
+                let reply = if i % 10 == 9 {
+                    client
+                        .post(
+                            "/v1/events/batch",
+                            format!(r#"[{{"type":"c","properties":{{"c":{c}}}}},{{"type":"c"}}]"#),
+                        )
+                        .await
+                } else {
+                    client
+                        .post(
+                            "/v1/events",
+                            format!(r#"{{"type":"c","properties":{{"c":{c},"i":{i}}}}}"#),
+                        )
+                        .await
+                };
+                ids.extend(reply.ids());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.expect("client task"));
+    }
+    let expected = clients * per_client * 11 / 10;
+    assert_eq!(ids.len(), expected);
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "ids are unique");
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    assert_eq!(records.len(), ids.len());
+    assert_exactly_once(&records, &ids);
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_loses_no_acknowledged_event() {
+    let eph = Ephemeral::new(2).await;
+    let config = with_keys(eph.config.clone());
+    let (mut server, client) = Server::ready(config.clone()).await;
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(64);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client = client.clone();
+        let first = first_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut refused = 0;
+            for _ in 0..200 {
+                let body = Bytes::from_static(br#"[{"type":"s"},{"type":"s"},{"type":"s"}]"#);
+                match client
+                    .try_send(
+                        "POST",
+                        "/v1/events/batch",
+                        &[("x-api-key", KEY), ("content-type", "application/json")],
+                        body,
+                    )
+                    .await
+                {
+                    Ok(reply) if reply.status == 202 => {
+                        ids.extend(reply.ids());
+                        let _ = first.try_send(());
+                    }
+                    Ok(reply) => panic!(
+                        "unexpected {} during shutdown: {:?}",
+                        reply.status, reply.body
+                    ),
+                    // The listener is closed: connection refused or reset before a response.
+                    Err(_) => {
+                        refused += 1;
+                        if refused > 3 {
+                            break;
+                        }
+                    }
+                }
+            }
+            ids
+        }));
+    }
+    drop(first_tx);
+    // Shut down while requests are in flight.
+    for _ in 0..50 {
+        first_rx.recv().await;
+    }
+    server.signal();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.expect("client task"));
+    }
+    tokio::time::timeout(Duration::from_secs(30), server.stop())
+        .await
+        .expect("server stops");
+    assert!(ids.len() >= 150, "only {} acknowledged", ids.len());
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    assert_exactly_once(&records, &ids);
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let eph = Ephemeral::new(1).await;
+    let config = with_keys(eph.config.clone());
+    let (server, client) = Server::ready(config).await;
+    assert_eq!(client.get("/healthz").await.status, 200);
+    assert_eq!(client.get("/readyz").await.json()["status"], "ready");
+    client.post("/v1/events", r#"{"type":"m"}"#).await.ids();
+    let _ = client.post("/v1/events", "{").await;
+    let metrics = client.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body);
+    for needle in [
+        "ess_ingest_requests_total{status=\"202\"} 1",
+        "ess_ingest_requests_total{status=\"400\"} 1",
+        "ess_ingest_events_accepted_total 1",
+        "ess_ingest_producer_queue_depth",
+        "ess_ingest_produce_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    server.stop().await;
+    eph.cleanup().await;
+}
