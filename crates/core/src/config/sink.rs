@@ -12,7 +12,8 @@ use super::{ConfigError, value_error};
 pub struct SinkConfig {
     /// Consumer group id.
     pub group_id: String,
-    /// Address of the sink's `/metrics`, `/healthz` and `/readyz`.
+    /// Address of the sink's `/metrics`, `/healthz` and `/readyz`; port 0 picks a free port
+    /// (the bound address is logged). Empty turns the endpoint off.
     pub listen: String,
     /// A batch is written when it holds this many rows…
     pub batch_rows: usize,
@@ -21,16 +22,36 @@ pub struct SinkConfig {
     /// …or when its first row has waited this long.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// Inserts in flight at once.
+    pub inflight_inserts: usize,
+    /// Sealed batches waiting for a free insert slot; when this queue is full the consumer
+    /// pauses its partitions (it keeps polling, so it stays in the group).
+    pub queue_batches: usize,
     /// Consumer `session.timeout.ms`.
     pub session_timeout_ms: u32,
     /// Consumer `heartbeat.interval.ms`.
     pub heartbeat_interval_ms: u32,
-    /// First retry delay after a failed insert; doubles up to `retry_max_backoff`.
+    /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch for new data.
+    pub fetch_wait_max_ms: u32,
+    /// First retry delay after a failed insert; doubles up to `retry_max_backoff`, with jitter.
     #[serde(with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
     /// Longest delay between insert retries.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// How long a revoke waits for in-flight batches of the revoked partitions to be stored
+    /// and committed; after it they are abandoned (the next owner reconciles them).
+    #[serde(with = "humantime_serde")]
+    pub revoke_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight batches to be stored and committed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// On assignment the sink asks every ClickHouse node which offsets past the committed one
+    /// are already stored. While a node does not answer it retries; after this long it goes on
+    /// with the nodes that answered (a replica that was down and held rows no other replica
+    /// has yet could then produce duplicates; see docs/design.md).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_wait: Duration,
 }
 
 impl Default for SinkConfig {
@@ -39,12 +60,18 @@ impl Default for SinkConfig {
             group_id: "ess-sink".into(),
             listen: "127.0.0.1:9464".into(),
             batch_rows: 50_000,
-            batch_bytes: 32 * 1024 * 1024,
-            batch_max_wait: Duration::from_millis(500),
+            batch_bytes: 16 * 1024 * 1024,
+            batch_max_wait: Duration::from_millis(300),
+            inflight_inserts: 3,
+            queue_batches: 2,
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 1_000,
+            fetch_wait_max_ms: 10,
             retry_initial_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(10),
+            revoke_timeout: Duration::from_secs(20),
+            shutdown_timeout: Duration::from_secs(30),
+            reconcile_wait: Duration::from_secs(120),
         }
     }
 }
@@ -54,6 +81,15 @@ impl SinkConfig {
         if self.batch_rows == 0 {
             return Err(value_error("sink.batch_rows", "must be at least 1"));
         }
+        if self.batch_bytes < 1024 {
+            return Err(value_error("sink.batch_bytes", "must be at least 1024"));
+        }
+        if self.inflight_inserts == 0 {
+            return Err(value_error("sink.inflight_inserts", "must be at least 1"));
+        }
+        if self.queue_batches == 0 {
+            return Err(value_error("sink.queue_batches", "must be at least 1"));
+        }
         if self.group_id.trim().is_empty() {
             return Err(value_error("sink.group_id", "must not be empty"));
         }
@@ -61,6 +97,20 @@ impl SinkConfig {
             return Err(value_error(
                 "sink.heartbeat_interval_ms",
                 "must be lower than sink.session_timeout_ms",
+            ));
+        }
+        if self.retry_initial_backoff.is_zero()
+            || self.retry_max_backoff < self.retry_initial_backoff
+        {
+            return Err(value_error(
+                "sink.retry_max_backoff",
+                "must be at least sink.retry_initial_backoff, which must be positive",
+            ));
+        }
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(value_error(
+                "sink.listen",
+                "must be empty or an address like 127.0.0.1:9464 (port 0 picks one)",
             ));
         }
         Ok(())

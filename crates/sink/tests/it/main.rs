@@ -1,1 +1,7 @@
-//! Integration tests of ess-sink against the real stack.
+//! Integration tests of ess-sink against the real broker and 2×2 ClickHouse cluster that
+//! `ess stack up` runs; fault tests bring up a private stack of their own.
+
+mod faults;
+mod pipeline;
+mod rebalance;
+mod support;

@@ -1,0 +1,272 @@
+//! Batches: rows encoded as they are read, cut by rows, bytes or age, each knowing the offset
+//! range of every partition it covers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ess_core::event::WireEvent;
+
+use crate::encode::encode_row;
+
+/// A message the sink will not store, on its way to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The message key, when it had one.
+    pub key: Option<Vec<u8>>,
+    /// The message value (or the refused row as canonical JSON).
+    pub payload: Vec<u8>,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// A sealed batch: RowBinary rows plus what is needed to commit, split and dead-letter them.
+#[derive(Debug)]
+pub struct Batch {
+    /// Sequence number within the process.
+    pub id: u64,
+    /// The assignment generation it was read under; a batch from an older generation is
+    /// abandoned rather than retried.
+    pub generation: u64,
+    /// Encoded rows.
+    pub data: bytes::Bytes,
+    /// Start of each row in `data`.
+    pub row_starts: Vec<u32>,
+    /// `ingest_time` of each row (ms), for the end-to-end latency histogram.
+    pub ingest_times: Vec<i64>,
+    /// Per partition, the first and last offset consumed into this batch (inclusive);
+    /// offsets in between that hold no row were dead-lettered or found already stored.
+    pub ranges: BTreeMap<i32, (i64, i64)>,
+    /// Messages that go to the dead-letter topic.
+    pub dead: Vec<DeadLetter>,
+    /// The rows' `store_time` (ms), written into every row when the batch was sealed.
+    pub store_time: i64,
+}
+
+impl Batch {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.row_starts.len()
+    }
+
+    /// The bytes of rows `from..to`.
+    pub fn slice(&self, from: usize, to: usize) -> bytes::Bytes {
+        let start = self.row_starts[from] as usize;
+        let end = self
+            .row_starts
+            .get(to)
+            .map_or(self.data.len(), |&e| e as usize);
+        self.data.slice(start..end)
+    }
+}
+
+/// When a batch is cut.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Rows.
+    pub rows: usize,
+    /// Encoded bytes.
+    pub bytes: usize,
+    /// Age of the first message.
+    pub max_wait: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    data: Vec<u8>,
+    row_starts: Vec<u32>,
+    stamp_at: Vec<u32>,
+    ingest_times: Vec<i64>,
+    ranges: BTreeMap<i32, (i64, i64)>,
+    dead: Vec<DeadLetter>,
+    opened: Option<Instant>,
+}
+
+/// Builds batches one message at a time.
+#[derive(Debug)]
+pub struct Builder {
+    limits: Limits,
+    open: Open,
+    next_id: u64,
+}
+
+impl Builder {
+    /// An empty builder.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            open: Open::default(),
+            next_id: 0,
+        }
+    }
+
+    fn touch(&mut self, partition: i32, offset: i64, now: Instant) {
+        self.open
+            .ranges
+            .entry(partition)
+            .and_modify(|r| r.1 = offset)
+            .or_insert((offset, offset));
+        self.open.opened.get_or_insert(now);
+    }
+
+    /// Adds a decoded event read at `partition`/`offset`.
+    pub fn push_event(&mut self, event: &WireEvent<'_>, partition: i32, offset: i64, now: Instant) {
+        let open = &mut self.open;
+        let start = open.data.len();
+        encode_row(&mut open.data, event, 0, partition, offset);
+        // store_time sits 16 bytes (event_time, ingest_time) after type and source; its place
+        // is found from the end: offset (8), partition (4), properties, store_time (8).
+        let props = event.properties.get().len();
+        let tail = 8 + 4 + props + varint_len(props) + 8;
+        let stamp = open.data.len() - tail;
+        open.row_starts.push(start as u32);
+        open.stamp_at.push(stamp as u32);
+        open.ingest_times.push(event.ingest_time.0);
+        self.touch(partition, offset, now);
+    }
+
+    /// Records an offset that produces no row (already stored, or a tombstone).
+    pub fn push_skip(&mut self, partition: i32, offset: i64, now: Instant) {
+        self.touch(partition, offset, now);
+    }
+
+    /// Adds a message for the dead-letter topic.
+    pub fn push_dead(&mut self, dead: DeadLetter, now: Instant) {
+        let (partition, offset) = (dead.partition, dead.offset);
+        self.open.dead.push(dead);
+        self.touch(partition, offset, now);
+    }
+
+    /// Whether anything was read since the last seal.
+    pub fn is_empty(&self) -> bool {
+        self.open.ranges.is_empty()
+    }
+
+    /// Encoded bytes so far.
+    pub fn bytes(&self) -> usize {
+        self.open.data.len()
+    }
+
+    /// Whether the rows or bytes limit is reached.
+    pub fn is_full(&self) -> bool {
+        self.open.row_starts.len() >= self.limits.rows
+            || self.open.data.len() >= self.limits.bytes
+            || self.open.dead.len() >= self.limits.rows
+    }
+
+    /// When the open batch must be cut at the latest.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.open.opened.map(|t| t + self.limits.max_wait)
+    }
+
+    /// Whether the open batch should be cut now.
+    pub fn is_due(&self, now: Instant) -> bool {
+        !self.is_empty() && (self.is_full() || self.deadline().is_some_and(|d| now >= d))
+    }
+
+    /// Cuts the open batch, stamping `store_time` (ms) into every row.
+    pub fn seal(&mut self, store_time: i64, generation: u64) -> Option<Batch> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut open = std::mem::take(&mut self.open);
+        let stamp = store_time.to_le_bytes();
+        for &at in &open.stamp_at {
+            let at = at as usize;
+            open.data[at..at + 8].copy_from_slice(&stamp);
+        }
+        self.next_id += 1;
+        Some(Batch {
+            id: self.next_id,
+            generation,
+            data: bytes::Bytes::from(open.data),
+            row_starts: open.row_starts,
+            ingest_times: open.ingest_times,
+            ranges: open.ranges,
+            dead: open.dead,
+            store_time,
+        })
+    }
+
+    /// Drops the open batch (its partitions were revoked before it was cut).
+    pub fn discard(&mut self) {
+        self.open = Open::default();
+    }
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::decode_row;
+
+    fn event_json(i: usize, props_len: usize) -> Vec<u8> {
+        format!(
+            r#"{{"id":"{}","type":"t","source":"s","timestamp":"2026-11-24T08:00:00.{:03}Z","ingest_time":"2026-11-24T08:00:01.000Z","properties":{{"p":"{}"}}}}"#,
+            uuid::Uuid::new_v4(),
+            i % 1000,
+            "x".repeat(props_len)
+        )
+        .into_bytes()
+    }
+
+    fn limits(rows: usize) -> Limits {
+        Limits {
+            rows,
+            bytes: 1 << 20,
+            max_wait: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn rows_are_stamped_and_split_at_row_boundaries() {
+        let mut b = Builder::new(limits(10));
+        let now = Instant::now();
+        for (i, len) in [0, 200, 5, 130].into_iter().enumerate() {
+            let json = event_json(i, len);
+            let e = WireEvent::from_json(&json).unwrap();
+            b.push_event(&e, 2, 100 + i as i64, now);
+        }
+        b.push_skip(2, 104, now);
+        b.push_skip(5, 7, now);
+        let batch = b.seal(1_764_000_000_777, 1).unwrap();
+        assert_eq!(batch.rows(), 4);
+        assert_eq!(batch.ranges[&2], (100, 104));
+        assert_eq!(batch.ranges[&5], (7, 7));
+        for i in 0..4 {
+            let row = decode_row(&batch.slice(i, i + 1)).unwrap();
+            assert_eq!(row.store_time, 1_764_000_000_777);
+            assert_eq!(row.kafka_offset, 100 + i as i64);
+        }
+        assert_eq!(batch.slice(0, 4), batch.data);
+        assert!(b.is_empty() && b.seal(0, 1).is_none());
+    }
+
+    #[test]
+    fn cut_by_rows_and_by_age() {
+        let mut b = Builder::new(limits(2));
+        let t0 = Instant::now();
+        assert!(
+            !b.is_due(t0 + Duration::from_secs(60)),
+            "empty is never due"
+        );
+        let json = event_json(0, 1);
+        let e = WireEvent::from_json(&json).unwrap();
+        b.push_event(&e, 0, 0, t0);
+        assert!(!b.is_due(t0 + Duration::from_millis(499)));
+        assert!(b.is_due(t0 + Duration::from_millis(500)), "age");
+        b.push_event(&e, 0, 1, t0);
+        assert!(b.is_full() && b.is_due(t0), "rows");
+    }
+}

@@ -1,0 +1,194 @@
+//! RowBinary encoding of [`ess_core::schema::EventRow`] straight from a borrowed
+//! [`WireEvent`], and decoding back (for dead-lettering a row ClickHouse refused).
+//!
+//! The byte layout is the same on every server flavor: `UInt64` milliseconds (18.16) and
+//! `DateTime64(3)` (current) are both eight little-endian bytes, `LowCardinality(String)` and
+//! `String` are both a LEB128 length followed by the bytes, and a `UUID` is its two big-endian
+//! halves each written as a little-endian `UInt64`.
+
+use ess_core::event::{Millis, WireEvent};
+use ess_core::schema::EventRow;
+use uuid::Uuid;
+
+/// The column list every insert names, in [`EventRow`] order.
+pub const COLUMNS: &str = "id, type, source, event_time, ingest_time, store_time, properties, \
+                           kafka_partition, kafka_offset";
+
+/// Appends one row to `out`.
+pub fn encode_row(
+    out: &mut Vec<u8>,
+    event: &WireEvent<'_>,
+    store_time: i64,
+    partition: i32,
+    offset: i64,
+) {
+    put_uuid(out, event.id);
+    put_str(out, &event.kind);
+    put_str(out, &event.source);
+    out.extend_from_slice(&event.timestamp.0.to_le_bytes());
+    out.extend_from_slice(&event.ingest_time.0.to_le_bytes());
+    out.extend_from_slice(&store_time.to_le_bytes());
+    put_str(out, event.properties.get());
+    out.extend_from_slice(&partition.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+}
+
+/// Appends an [`EventRow`] (tests and tools).
+pub fn encode_event_row(out: &mut Vec<u8>, row: &EventRow) {
+    put_uuid(out, row.id);
+    put_str(out, &row.kind);
+    put_str(out, &row.source);
+    out.extend_from_slice(&row.event_time.to_le_bytes());
+    out.extend_from_slice(&row.ingest_time.to_le_bytes());
+    out.extend_from_slice(&row.store_time.to_le_bytes());
+    put_str(out, &row.properties);
+    out.extend_from_slice(&row.kafka_partition.to_le_bytes());
+    out.extend_from_slice(&row.kafka_offset.to_le_bytes());
+}
+
+fn put_uuid(out: &mut Vec<u8>, id: Uuid) {
+    let (high, low) = id.as_u64_pair();
+    out.extend_from_slice(&high.to_le_bytes());
+    out.extend_from_slice(&low.to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut len = s.len() as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads one row encoded by [`encode_row`]; `None` when the bytes are not one whole row.
+pub fn decode_row(mut bytes: &[u8]) -> Option<EventRow> {
+    let id = {
+        let high = take_u64(&mut bytes)?;
+        let low = take_u64(&mut bytes)?;
+        Uuid::from_u64_pair(high, low)
+    };
+    let kind = take_str(&mut bytes)?;
+    let source = take_str(&mut bytes)?;
+    let event_time = take_u64(&mut bytes)? as i64;
+    let ingest_time = take_u64(&mut bytes)? as i64;
+    let store_time = take_u64(&mut bytes)? as i64;
+    let properties = take_str(&mut bytes)?;
+    let partition_bytes: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    bytes = &bytes[4..];
+    let kafka_offset = take_u64(&mut bytes)? as i64;
+    bytes.is_empty().then_some(EventRow {
+        id,
+        kind,
+        source,
+        event_time,
+        ingest_time,
+        store_time,
+        properties,
+        kafka_partition: i32::from_le_bytes(partition_bytes),
+        kafka_offset,
+    })
+}
+
+/// The canonical Kafka message for a stored row (what a dead letter carries when ClickHouse
+/// refused the row rather than the sink refusing the message).
+pub fn row_to_wire_json(row: &EventRow) -> Vec<u8> {
+    let properties = serde_json::value::RawValue::from_string(row.properties.clone())
+        .unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).unwrap_or_default()
+        });
+    WireEvent {
+        id: row.id,
+        kind: row.kind.as_str().into(),
+        source: row.source.as_str().into(),
+        timestamp: Millis(row.event_time),
+        ingest_time: Millis(row.ingest_time),
+        properties: &properties,
+    }
+    .to_json()
+}
+
+fn take_u64(bytes: &mut &[u8]) -> Option<u64> {
+    let head: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    *bytes = &bytes[8..];
+    Some(u64::from_le_bytes(head))
+}
+
+fn take_str(bytes: &mut &[u8]) -> Option<String> {
+    let mut len = 0u64;
+    let mut shift = 0;
+    loop {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        len |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+    let len = usize::try_from(len).ok()?;
+    let text = std::str::from_utf8(bytes.get(..len)?).ok()?.to_owned();
+    *bytes = &bytes[len..];
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_round_trips_through_rowbinary() {
+        let json = r#"{"id":"0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6","type":"page_view","source":"web","timestamp":"2026-11-24T08:00:00.123Z","ingest_time":"2026-11-24T08:00:00.125Z","properties":{"path":"/ü","s":"x"}}"#;
+        let event = WireEvent::from_json(json.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        encode_row(&mut out, &event, 1_764_000_000_999, 3, 42);
+        let row = decode_row(&out).unwrap();
+        assert_eq!(row.id, event.id);
+        assert_eq!(row.kind, "page_view");
+        assert_eq!(row.event_time, event.timestamp.0);
+        assert_eq!(row.ingest_time, event.ingest_time.0);
+        assert_eq!(row.store_time, 1_764_000_000_999);
+        assert_eq!(row.properties, r#"{"path":"/ü","s":"x"}"#);
+        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
+        let mut again = Vec::new();
+        encode_event_row(&mut again, &row);
+        assert_eq!(again, out, "both encoders agree");
+        let back = row_to_wire_json(&row);
+        let wire = WireEvent::from_json(&back).unwrap();
+        assert_eq!(wire.id, event.id);
+        assert_eq!(wire.properties.get(), event.properties.get());
+    }
+
+    #[test]
+    fn uuid_halves_are_little_endian() {
+        let id = Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap();
+        let mut out = Vec::new();
+        put_uuid(&mut out, id);
+        assert_eq!(
+            out,
+            [
+                0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x00, 0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa,
+                0x99, 0x88
+            ]
+        );
+    }
+
+    #[test]
+    fn long_strings_use_multi_byte_lengths() {
+        let s = "x".repeat(300);
+        let mut out = Vec::new();
+        put_str(&mut out, &s);
+        assert_eq!(&out[..2], &[0xac, 0x02]);
+        let mut slice = &out[..];
+        assert_eq!(take_str(&mut slice).unwrap(), s);
+        assert!(decode_row(&out[..5]).is_none());
+    }
+}

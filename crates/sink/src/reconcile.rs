@@ -1,0 +1,185 @@
+//! Reconciliation on assignment: which offsets past a partition's committed offset are already
+//! in ClickHouse, so that re-reading from the committed offset skips them.
+//!
+//! Every row carries `kafka_partition` and `kafka_offset`. When partitions are assigned, the
+//! sink first waits until no insert of a previous owner that names them (by query id) still
+//! runs on any node — the fence — and then asks every replica of every shard for the stored
+//! offsets at or past the committed ones, and takes the union: a row one replica has not
+//! fetched yet is still seen on the replica that took the insert.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+
+use crate::writer::query_id_partitions;
+
+/// Offsets of one partition already stored at or past its committed offset, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored(Vec<i64>);
+
+impl Stored {
+    /// From offsets in any order, with repeats.
+    pub fn new(mut offsets: Vec<i64>) -> Self {
+        offsets.sort_unstable();
+        offsets.dedup();
+        Self(offsets)
+    }
+
+    /// Whether `offset` is stored.
+    pub fn contains(&self, offset: i64) -> bool {
+        self.0.binary_search(&offset).is_ok()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Drops offsets below `offset` (already read past).
+    pub fn forget_below(&mut self, offset: i64) {
+        let cut = self.0.partition_point(|&o| o < offset);
+        if cut > 0 {
+            self.0.drain(..cut);
+        }
+    }
+}
+
+/// Asks the nodes.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    /// `(url, client)` of every node.
+    pub nodes: Vec<(String, Client)>,
+    /// `db.table` holding the rows on each node (the replicated local table).
+    pub local_table: String,
+    /// The events topic (query ids name it).
+    pub topic: String,
+    /// Longest wait for every node to answer before going on with those that did.
+    pub wait: Duration,
+}
+
+impl Reconciler {
+    /// Fences, then returns the stored offsets of each partition at or past `from[p]`.
+    pub async fn run(&self, from: &BTreeMap<i32, i64>) -> BTreeMap<i32, Stored> {
+        if from.is_empty() {
+            return BTreeMap::new();
+        }
+        let deadline = Instant::now() + self.wait;
+        self.fence(from, deadline).await;
+        let mut answered = vec![false; self.nodes.len()];
+        let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let pending: Vec<usize> = (0..self.nodes.len()).filter(|&i| !answered[i]).collect();
+            let results = futures::future::join_all(
+                pending
+                    .iter()
+                    .map(|&i| self.stored_on(&self.nodes[i].1, from)),
+            )
+            .await;
+            for (&i, result) in pending.iter().zip(results) {
+                match result {
+                    Ok(rows) => {
+                        answered[i] = true;
+                        for (p, o) in rows {
+                            offsets.entry(p).or_default().push(o);
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        node = %self.nodes[i].0,
+                        "reconcile: node does not answer, will retry: {e}"
+                    ),
+                }
+            }
+            if answered.iter().all(|&a| a) {
+                break;
+            }
+            // With no node at all nothing can be known, so nothing may be read: keep trying.
+            if Instant::now() >= deadline && answered.iter().any(|&a| a) {
+                tracing::error!(
+                    "reconcile: going on without the nodes that did not answer within {:?}; \
+                     rows only they hold may be written again",
+                    self.wait
+                );
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        from.keys()
+            .map(|&p| (p, Stored::new(offsets.remove(&p).unwrap_or_default())))
+            .collect()
+    }
+
+    async fn stored_on(
+        &self,
+        client: &Client,
+        from: &BTreeMap<i32, i64>,
+    ) -> Result<Vec<(i32, i64)>, clickhouse::error::Error> {
+        let cond: Vec<String> = from
+            .iter()
+            .map(|(p, o)| format!("(kafka_partition = {p} AND kafka_offset >= {o})"))
+            .collect();
+        let sql = format!(
+            "SELECT kafka_partition, kafka_offset FROM {} WHERE {}",
+            self.local_table,
+            cond.join(" OR ")
+        );
+        client.query(&sql).fetch_all::<(i32, i64)>().await
+    }
+
+    /// Waits until no node runs an insert whose query id names one of these partitions, or
+    /// the deadline passes. A node that does not answer runs nothing that could land later
+    /// (a restarted server does not resume an insert).
+    async fn fence(&self, from: &BTreeMap<i32, i64>, deadline: Instant) {
+        // `_` in a topic name matches any character here; the exact check is in Rust.
+        let pattern = format!("ess:{}:%", self.topic);
+        let sql = format!(
+            "SELECT query_id, initial_query_id FROM system.processes \
+             WHERE query_id LIKE '{pattern}' OR initial_query_id LIKE '{pattern}'"
+        );
+        loop {
+            let results = futures::future::join_all(
+                self.nodes
+                    .iter()
+                    .map(|(_, c)| c.query(&sql).fetch_all::<(String, String)>()),
+            )
+            .await;
+            let running = results
+                .into_iter()
+                .filter_map(Result::ok)
+                .flatten()
+                .flat_map(|(q, i)| [q, i])
+                .filter_map(|id| query_id_partitions(&self.topic, &id))
+                .any(|ps| ps.iter().any(|p| from.contains_key(p)));
+            if !running {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::error!("reconcile: an earlier insert of these partitions still runs");
+                return;
+            }
+            tracing::info!("reconcile: waiting for an earlier owner's insert to finish");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_offsets_are_a_sorted_set() {
+        let mut s = Stored::new(vec![9, 3, 5, 3, 7]);
+        assert_eq!(s.len(), 4);
+        assert!(s.contains(3) && s.contains(9) && !s.contains(4));
+        s.forget_below(6);
+        assert_eq!(s, Stored(vec![7, 9]));
+    }
+}

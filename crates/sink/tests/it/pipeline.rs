@@ -1,0 +1,173 @@
+//! Events in, rows out: every column exact, dead letters for poison, restarts without
+//! duplicates.
+
+use std::time::Duration;
+
+use ess_core::schema::EventRow;
+use ess_testkit::Ephemeral;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn every_event_is_stored_once_with_exact_columns_and_offsets_committed() {
+    let eph = Ephemeral::new(4).await;
+    let config = test_config(eph.config.clone());
+    let producer = producer(&config);
+    produce(&config, &producer, 20_000, 0).await;
+    let sink = InProcess::start(&config);
+    let (count, uniq) = wait_for_rows(&config, 20_000, Duration::from_secs(60)).await;
+    assert_eq!((count, uniq), (20_000, 20_000));
+
+    // One event read back column by column.
+    let (id, json) = event_json(7);
+    produce_raw(&config, &producer, 2, &id.to_string(), &json).await;
+    wait_for_rows(&config, 20_001, Duration::from_secs(30)).await;
+    let sent = ess_core::event::WireEvent::from_json(&json).expect("json");
+    let client = eph.client(&config.clickhouse.url).await;
+    let schema = &eph.migrated.schema;
+    let row: EventRow = client
+        .query(&format!(
+            "SELECT id, type, source, {}, {}, {}, properties, kafka_partition, kafka_offset \
+             FROM {} WHERE id = toUUID(?)",
+            schema.millis("event_time"),
+            schema.millis("ingest_time"),
+            schema.millis("store_time"),
+            config.clickhouse.table
+        ))
+        .bind(id.to_string())
+        .fetch_one()
+        .await
+        .expect("row");
+    assert_eq!(row.id, id);
+    assert_eq!(row.kind, "page_view");
+    assert_eq!(row.source, "it");
+    assert_eq!(
+        row.event_time, sent.timestamp.0,
+        "event time to the millisecond"
+    );
+    assert_eq!(
+        row.ingest_time, sent.ingest_time.0,
+        "ingest time to the millisecond"
+    );
+    assert!(row.store_time >= row.ingest_time);
+    assert_eq!(
+        row.properties,
+        sent.properties.get(),
+        "unicode properties byte for byte"
+    );
+    assert_eq!(row.kafka_partition, 2);
+
+    sink.stop().await.expect("graceful stop returns Ok");
+    assert_eq!(
+        committed_total(&config, 4),
+        20_001,
+        "every offset committed on shutdown"
+    );
+    assert_eq!(counts(&config).await, (20_001, 20_001));
+    eph.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on() {
+    let eph = Ephemeral::new(1).await;
+    let config = test_config(eph.config.clone());
+    let producer = producer(&config);
+    produce(&config, &producer, 100, 0).await;
+    produce_raw(&config, &producer, 0, "poison", b"{not json").await;
+    produce(&config, &producer, 100, 100).await;
+    let sink = InProcess::start(&config);
+    assert_eq!(
+        wait_for_rows(&config, 200, Duration::from_secs(60)).await,
+        (200, 200)
+    );
+
+    let dlq: StreamConsumer = ess_core::kafka::client_config(&config.kafka)
+        .set("group.id", format!("{}.dlq-reader", config.sink.group_id))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "2000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .expect("consumer");
+    dlq.subscribe(&[&config.kafka.dlq_topic])
+        .expect("subscribe");
+    let msg = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+        .await
+        .expect("a dead letter within 30 s")
+        .expect("message");
+    assert_eq!(msg.payload(), Some(&b"{not json"[..]));
+    assert_eq!(msg.key(), Some(&b"poison"[..]));
+    let headers = msg.headers().expect("headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert!(
+        header("ess-error").is_some_and(|e| e.contains("undecodable")),
+        "{:?}",
+        header("ess-error")
+    );
+    assert_eq!(header("ess-source-partition").as_deref(), Some("0"));
+    assert_eq!(header("ess-source-offset").as_deref(), Some("100"));
+    drop(msg);
+    drop(dlq);
+
+    sink.stop().await.expect("stop");
+    assert_eq!(
+        committed_total(&config, 1),
+        201,
+        "the poison offset is committed too"
+    );
+    eph.cleanup().await;
+}
+
+#[tokio::test]
+async fn rows_stored_but_not_committed_are_not_written_again() {
+    // A sink that died after ClickHouse acknowledged a batch and before it committed leaves
+    // rows whose offsets are past the committed one. Stand in for it: insert rows for offsets
+    // 0..300 of partition 0 directly (the same events the topic holds), commit nothing.
+    let eph = Ephemeral::new(1).await;
+    let config = test_config(eph.config.clone());
+    let producer = producer(&config);
+    let mut events = Vec::new();
+    for i in 0..1_000u64 {
+        let (id, json) = event_json(i);
+        produce_raw(&config, &producer, 0, &id.to_string(), &json).await;
+        events.push(json);
+    }
+    let client = eph.client(&config.clickhouse.url).await;
+    let mut data = Vec::new();
+    for (offset, json) in events.iter().enumerate().take(300) {
+        let event = ess_core::event::WireEvent::from_json(json).expect("json");
+        ess_sink::encode::encode_row(&mut data, &event, 1, 0, offset as i64);
+    }
+    let mut insert = client
+        .clone()
+        .with_setting("insert_distributed_sync", "1")
+        .insert_formatted_with(format!(
+            "INSERT INTO {} ({}) FORMAT RowBinary",
+            config.clickhouse.table,
+            ess_sink::encode::COLUMNS
+        ));
+    insert.send(data.into()).await.expect("send");
+    insert.end().await.expect("insert");
+    assert_eq!(counts(&config).await, (300, 300));
+
+    let sink = InProcess::start(&config);
+    assert_eq!(
+        wait_for_rows(&config, 1_000, Duration::from_secs(60)).await,
+        (1_000, 1_000)
+    );
+    sink.stop().await.expect("stop");
+    assert_eq!(
+        counts(&config).await,
+        (1_000, 1_000),
+        "nothing written twice"
+    );
+    eph.cleanup().await;
+}
