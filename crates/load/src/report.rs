@@ -52,8 +52,8 @@ pub const ORIGINAL: Original = Original {
 pub struct Sample {
     /// Seconds since the load started.
     pub t: f64,
-    /// Rows of the run in ClickHouse.
-    pub stored: u64,
+    /// Rows of the run in ClickHouse (when this sample read them).
+    pub stored: Option<u64>,
     /// Consumer lag of the sinks' group, messages (when it could be read).
     pub lag: Option<i64>,
 }
@@ -156,12 +156,17 @@ pub fn charts(data: &ReportData) -> Vec<Chart> {
     let x = |t: u64| t as f64 + 0.5;
     let requests: Vec<(f64, f64)> = tl.iter().map(|s| (x(s.t), s.requests as f64)).collect();
     let events: Vec<(f64, f64)> = tl.iter().map(|s| (x(s.t), s.events_ok as f64)).collect();
+    let stored: Vec<(f64, u64)> = data
+        .samples
+        .iter()
+        .filter_map(|s| s.stored.map(|n| (s.t, n)))
+        .collect();
     let mut stored_rate = Vec::new();
-    for w in data.samples.windows(2) {
-        let dt = w[1].t - w[0].t;
+    for w in stored.windows(2) {
+        let dt = w[1].0 - w[0].0;
         if dt > 0.0 {
-            let rate = w[1].stored.saturating_sub(w[0].stored) as f64 / dt;
-            stored_rate.push(((w[0].t + w[1].t) / 2.0, rate));
+            let rate = w[1].1.saturating_sub(w[0].1) as f64 / dt;
+            stored_rate.push(((w[0].0 + w[1].0) / 2.0, rate));
         }
     }
     let mut throughput = Chart {
@@ -224,10 +229,7 @@ pub fn charts(data: &ReportData) -> Vec<Chart> {
             (
                 "rows stored (cumulative)".into(),
                 C_STORE,
-                data.samples
-                    .iter()
-                    .map(|s| (s.t, s.stored as f64))
-                    .collect(),
+                stored.iter().map(|&(t, n)| (t, n as f64)).collect(),
             ),
         ],
         references: Vec::new(),
@@ -743,7 +745,7 @@ mod tests {
             samples: (0..25u32)
                 .map(|i| Sample {
                     t: f64::from(i),
-                    stored: u64::from(i) * 900,
+                    stored: Some(u64::from(i) * 900),
                     lag: Some(100 - i64::from(i)),
                 })
                 .collect(),
