@@ -30,7 +30,7 @@ pub struct DemoArgs {
     pub events: u64,
     /// Closed model: connections sending as fast as the pipeline answers (finds the rate this
     /// machine sustains).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub connections: usize,
     /// Open model instead: requests started per second.
     #[arg(long)]
