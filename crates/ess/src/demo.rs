@@ -30,7 +30,7 @@ pub struct DemoArgs {
     pub events: u64,
     /// Closed model: connections sending as fast as the pipeline answers (finds the rate this
     /// machine sustains).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub connections: usize,
     /// Open model instead: requests started per second.
     #[arg(long)]
@@ -160,25 +160,64 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// `GET /readyz` on 127.0.0.1:`port`; whether it answered 200.
-async fn ready(port: u16) -> bool {
+/// `GET path` on 127.0.0.1:`port`: the status code and body, if it answered.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .ok()?;
-        stream
-            .write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.ok()?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
     };
     tokio::time::timeout(Duration::from_secs(2), attempt)
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
+}
+
+/// `GET /readyz` on 127.0.0.1:`port`; whether it answered 200.
+async fn ready(port: u16) -> bool {
+    http_get(port, "/readyz")
+        .await
+        .is_some_and(|(status, _)| status == 200)
+}
+
+/// Partitions a sink says it holds (`ess_sink_assigned_partitions` on its `/metrics`).
+async fn assigned_partitions(port: u16) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics").await?;
+    body.lines()
+        .find(|l| l.starts_with("ess_sink_assigned_partitions"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits until the sinks together hold every partition, each sink some (when there are at
+/// least as many partitions as sinks): the group has settled, so no event waits for a join.
+async fn wait_group_settled(ports: &[u16], partitions: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut held = Vec::new();
+        for &port in ports {
+            held.push(assigned_partitions(port).await.unwrap_or(0.0));
+        }
+        let total: f64 = held.iter().sum();
+        let each = partitions as usize >= ports.len();
+        if total as i32 == partitions && (!each || held.iter().all(|h| *h > 0.0)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 async fn wait_ready(
@@ -336,9 +375,11 @@ async fn pipeline(
         list: Vec::new(),
         keep: args.keep,
     };
+    let mut sink_ports = Vec::new();
     for i in 1..=args.sinks {
         let name = format!("sink-{i}");
         let port = free_port()?;
+        sink_ports.push(port);
         let pid = procs.spawn(
             &name,
             dir,
@@ -353,6 +394,20 @@ async fn pipeline(
         step(&format!(
             "{name} ready (pid {pid}, metrics on 127.0.0.1:{port})"
         ));
+    }
+    if wait_group_settled(
+        &sink_ports,
+        config.kafka.partitions,
+        Duration::from_secs(90),
+    )
+    .await
+    {
+        step(&format!(
+            "sink group {} settled: {} partitions over {} sinks",
+            config.sink.group_id, config.kafka.partitions, args.sinks
+        ));
+    } else {
+        step("the sinks' metrics do not show every partition assigned; going on");
     }
     let port = free_port()?;
     let pid = procs.spawn(
@@ -381,21 +436,48 @@ async fn pipeline(
     )?);
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let load_start = Instant::now();
-    let sampler = {
-        let (verifier, probe, samples) = (verifier.clone(), probe.clone(), samples.clone());
+    // Two samplers, so a slow answer from one side does not thin out the other's samples.
+    let stored_sampler = {
+        let (verifier, samples) = (verifier.clone(), samples.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let t = load_start.elapsed().as_secs_f64();
-                let stored = verifier.counts(run).await.map(|c| c.1).unwrap_or(0);
+                if let Ok(stored) = verifier.rows(run).await
+                    && let Ok(mut s) = samples.lock()
+                {
+                    s.push(Sample {
+                        t,
+                        stored: Some(stored),
+                        lag: None,
+                    });
+                }
+            }
+        })
+    };
+    let lag_sampler = {
+        let (probe, samples) = (probe.clone(), samples.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let t = load_start.elapsed().as_secs_f64();
                 let probe = probe.clone();
                 let lag = tokio::task::spawn_blocking(move || probe.lag().ok())
                     .await
                     .ok()
                     .flatten();
-                if let Ok(mut s) = samples.lock() {
-                    s.push(Sample { t, stored, lag });
+                if let Some(lag) = lag
+                    && let Ok(mut s) = samples.lock()
+                {
+                    s.push(Sample {
+                        t,
+                        stored: None,
+                        lag: Some(lag),
+                    });
                 }
             }
         })
@@ -449,8 +531,13 @@ async fn pipeline(
     let deadline = load_end + args.drain_timeout;
     let mut drain_s = None;
     loop {
-        let (_, unique) = verifier.counts(run).await.unwrap_or((0, 0));
-        if unique >= accepted.len() {
+        let rows = verifier.rows(run).await.unwrap_or(0);
+        if rows >= accepted.len()
+            && verifier
+                .counts(run)
+                .await
+                .is_ok_and(|c| c.1 >= accepted.len())
+        {
             drain_s = Some(load_end.elapsed().as_secs_f64());
             break;
         }
@@ -466,7 +553,8 @@ async fn pipeline(
         }
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    sampler.abort();
+    stored_sampler.abort();
+    lag_sampler.abort();
 
     // 7. Verify.
     let verification = verifier
@@ -505,7 +593,11 @@ async fn pipeline(
         ),
         load: summary,
         verification: Some(verification),
-        samples: samples.lock().map(|s| s.clone()).unwrap_or_default(),
+        samples: {
+            let mut all = samples.lock().map(|s| s.clone()).unwrap_or_default();
+            all.sort_by(|a, b| a.t.total_cmp(&b.t));
+            all
+        },
         drain_s,
     };
     let report_dir = args

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::SeedableRng as _;
 use rand::rngs::SmallRng;
 use tokio::sync::{Semaphore, mpsc};
@@ -66,50 +66,88 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 struct Sender {
     client: HttpClient,
     uri: Uri,
+    path: Uri,
+    host: String,
     auth: Option<String>,
     batch: bool,
     timeout: Duration,
-    tx: mpsc::Sender<Done>,
+    tx: mpsc::Sender<Vec<Done>>,
     live: Arc<Live>,
 }
 
 impl Sender {
-    async fn send(&self, body: Body, started: Instant) {
+    /// Sends `body` over the shared pool (`conn` = `None`) or over a connection of the
+    /// caller's own, opened (again) when missing and dropped after any failure.
+    async fn send(&self, body: Body, started: Instant, conn: Option<&mut Option<Conn>>) -> Done {
         self.live.inflight.fetch_add(1, Ordering::Relaxed);
         let events = body.seqs.len() as u32;
         let resent = body.resent;
-        let mut req = Request::post(self.uri.clone()).header(CONTENT_TYPE, "application/json");
+        let uri = if conn.is_some() {
+            self.path.clone()
+        } else {
+            self.uri.clone()
+        };
+        let mut req = Request::post(uri)
+            .header(CONTENT_TYPE, "application/json")
+            .header(HOST, self.host.as_str());
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth);
         }
-        let outcome_and_body = match req.body(Full::new(Bytes::from(body.json))) {
-            Ok(req) => {
-                let exchange = async {
-                    let resp = self.client.request(req).await.map_err(|e| {
-                        if e.is_connect() {
-                            Outcome::Connect
-                        } else {
-                            Outcome::Io
-                        }
-                    })?;
-                    let status = resp.status().as_u16();
-                    let bytes = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|_| Outcome::Io)?
-                        .to_bytes();
-                    Ok::<_, Outcome>((Outcome::Status(status), bytes))
-                };
-                match tokio::time::timeout(self.timeout, exchange).await {
-                    Err(_) => (Outcome::Timeout, Bytes::new()),
-                    Ok(Err(outcome)) => (outcome, Bytes::new()),
-                    Ok(Ok(done)) => done,
+        let (outcome, reply) = match req.body(Full::new(Bytes::from(body.json))) {
+            Ok(req) => match conn {
+                None => {
+                    let exchange = async {
+                        let resp = self.client.request(req).await.map_err(|e| {
+                            if e.is_connect() {
+                                Outcome::Connect
+                            } else {
+                                Outcome::Io
+                            }
+                        })?;
+                        read(resp).await
+                    };
+                    match tokio::time::timeout(self.timeout, exchange).await {
+                        Err(_) => (Outcome::Timeout, Bytes::new()),
+                        Ok(Err(outcome)) => (outcome, Bytes::new()),
+                        Ok(Ok(done)) => done,
+                    }
                 }
-            }
+                Some(slot) => {
+                    let exchange = async {
+                        if slot.is_none() {
+                            *slot = Some(self.connect().await?);
+                        }
+                        let Some(Conn { sender, driver }) = slot.as_mut() else {
+                            return Err(Outcome::Connect);
+                        };
+                        // The connection is driven by this task, not one of its own: one
+                        // wake-up per response instead of two.
+                        let request = async {
+                            sender.ready().await.map_err(|_| Outcome::Io)?;
+                            let resp = sender.send_request(req).await.map_err(|_| Outcome::Io)?;
+                            read(resp).await
+                        };
+                        tokio::select! {
+                            biased;
+                            done = request => done,
+                            _ = driver.as_mut() => Err(Outcome::Io),
+                        }
+                    };
+                    match tokio::time::timeout(self.timeout, exchange).await {
+                        Err(_) => {
+                            *slot = None;
+                            (Outcome::Timeout, Bytes::new())
+                        }
+                        Ok(Err(outcome)) => {
+                            *slot = None;
+                            (outcome, Bytes::new())
+                        }
+                        Ok(Ok(done)) => done,
+                    }
+                }
+            },
             Err(_) => (Outcome::Io, Bytes::new()),
         };
-        let (outcome, reply) = outcome_and_body;
         let latency_us = started.elapsed().as_micros() as u64;
         let accepted = if outcome.is_ok() {
             accepted_seqs(&body.seqs, &reply, self.batch)
@@ -117,17 +155,47 @@ impl Sender {
             Vec::new()
         };
         self.live.inflight.fetch_sub(1, Ordering::Relaxed);
-        let _ = self
-            .tx
-            .send(Done {
-                latency_us,
-                outcome,
-                events,
-                resent,
-                accepted,
-            })
-            .await;
+        Done {
+            latency_us,
+            outcome,
+            events,
+            resent,
+            accepted,
+        }
     }
+
+    async fn connect(&self) -> Result<Conn, Outcome> {
+        let stream = tokio::net::TcpStream::connect(self.host.as_str())
+            .await
+            .map_err(|_| Outcome::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Outcome::Connect)?;
+        Ok(Conn {
+            sender,
+            driver: Box::pin(connection),
+        })
+    }
+}
+
+/// A connection of one closed-model sender, with the future that drives it.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: std::pin::Pin<
+        Box<hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>>,
+    >,
+}
+
+async fn read(resp: hyper::Response<hyper::body::Incoming>) -> Result<(Outcome, Bytes), Outcome> {
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| Outcome::Io)?
+        .to_bytes();
+    Ok((Outcome::Status(status), bytes))
 }
 
 /// Which of `sent` a 2xx reply accepted: all of them when the reply says so (or says nothing
@@ -197,7 +265,7 @@ pub async fn run(
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector);
 
-    let (tx, rx) = mpsc::channel::<Done>(65_536);
+    let (tx, rx) = mpsc::channel::<Vec<Done>>(65_536);
     let live = Arc::new(Live::default());
     let limits = Limits {
         duration: end,
@@ -205,9 +273,25 @@ pub async fn run(
     };
     let collector = tokio::spawn(collect(rx, live.clone(), limits, opts.progress, opts.run));
     let generator = Arc::new(Generator::new(opts.run, opts.generator, opts.max_events));
+    let host = uri
+        .authority()
+        .map(|a| {
+            if a.port().is_some() {
+                a.to_string()
+            } else {
+                format!("{a}:80")
+            }
+        })
+        .ok_or_else(|| LoadError::Target(opts.target.clone()))?;
     let sender = Arc::new(Sender {
         client,
         uri,
+        path: Uri::from_static(if batch > 1 {
+            "/v1/events/batch"
+        } else {
+            "/v1/events"
+        }),
+        host,
         auth: opts
             .api_key
             .as_ref()
@@ -359,8 +443,9 @@ async fn open_model(
         };
         let sender = sender.clone();
         tokio::spawn(async move {
-            sender.send(body, intended).await;
+            let done = sender.send(body, intended, None).await;
             drop(permit);
+            let _ = sender.tx.send(vec![done]).await;
         });
         next += Duration::from_secs_f64(1.0 / rate);
     }
@@ -391,15 +476,33 @@ async fn closed_model(
         );
         workers.push(tokio::spawn(async move {
             let mut rng = SmallRng::from_os_rng();
+            let mut conn = None;
+            // Results go to the collector in small batches: one wake-up per batch, not per
+            // request, keeps the generator's own cost low.
+            let mut done = Vec::with_capacity(64);
+            let mut flushed = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if i >= desired.load(Ordering::Relaxed) {
+                    if !done.is_empty() {
+                        let _ = sender.tx.send(std::mem::take(&mut done)).await;
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
                 let Some(body) = generator.body(batch, batch > 1, &mut rng) else {
                     break;
                 };
-                sender.send(body, Instant::now()).await;
+                done.push(sender.send(body, Instant::now(), Some(&mut conn)).await);
+                if done.len() >= 64 || flushed.elapsed() >= Duration::from_millis(50) {
+                    let _ = sender
+                        .tx
+                        .send(std::mem::replace(&mut done, Vec::with_capacity(64)))
+                        .await;
+                    flushed = Instant::now();
+                }
+            }
+            if !done.is_empty() {
+                let _ = sender.tx.send(done).await;
             }
         }));
     }

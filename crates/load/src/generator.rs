@@ -21,6 +21,8 @@ pub const TYPES: [(&str, u32); 6] = [
     ("signup", 4),
 ];
 
+const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
 const PATHS: [&str; 8] = [
     "/",
     "/catalog",
@@ -177,9 +179,11 @@ impl Generator {
         let props_so_far = out.len() - out.rfind(r#""properties":"#).unwrap_or(out.len());
         if target > props_so_far + 12 {
             out.push_str(r#","pad":""#);
-            let pad = target - props_so_far - 12;
-            for i in 0..pad {
-                out.push(char::from(b'a' + (i % 26) as u8));
+            let mut pad = target - props_so_far - 12;
+            while pad > 0 {
+                let n = pad.min(ALPHABET.len());
+                out.push_str(&ALPHABET[..n]);
+                pad -= n;
             }
             out.push('"');
         }

@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 pub struct LagProbe {
     consumer: BaseConsumer,
     topic: String,
+    partitions: std::sync::Mutex<Vec<i32>>,
 }
 
 impl std::fmt::Debug for LagProbe {
@@ -31,19 +32,33 @@ impl LagProbe {
         Ok(Self {
             consumer,
             topic: topic.to_owned(),
+            partitions: Default::default(),
         })
     }
 
     /// Messages in the topic not yet committed by the group, over all partitions.
     pub fn lag(&self) -> anyhow::Result<i64> {
         let timeout = Duration::from_secs(5);
-        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == self.topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let known = self
+            .partitions
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        let partitions = if known.is_empty() {
+            let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+            let found: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == self.topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if let Ok(mut p) = self.partitions.lock() {
+                p.clone_from(&found);
+            }
+            found
+        } else {
+            known
+        };
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition(&self.topic, *p);

@@ -93,6 +93,10 @@ pub struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Run the generator on this many threads of its own [default: the shared runtime, one
+    /// thread per core]. `--threads 1` compares fairly with `wrk -t1`.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl LoadArgs {
@@ -184,7 +188,23 @@ pub async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
     if !args.json {
         eprintln!("ess load: run {run} → {}", opts.target);
     }
-    let (summary, accepted) = run_load(opts, ctrl_c()).await?;
+    let (summary, accepted) = match args.threads {
+        None => run_load(opts, ctrl_c()).await?,
+        Some(threads) => {
+            let runtime = if threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_all()
+                    .build()?
+            };
+            tokio::task::spawn_blocking(move || runtime.block_on(run_load(opts, ctrl_c())))
+                .await??
+        }
+    };
     let path = args
         .record
         .clone()

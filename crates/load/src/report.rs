@@ -52,8 +52,8 @@ pub const ORIGINAL: Original = Original {
 pub struct Sample {
     /// Seconds since the load started.
     pub t: f64,
-    /// Rows of the run in ClickHouse.
-    pub stored: u64,
+    /// Rows of the run in ClickHouse (when this sample read them).
+    pub stored: Option<u64>,
     /// Consumer lag of the sinks' group, messages (when it could be read).
     pub lag: Option<i64>,
 }
@@ -153,17 +153,71 @@ const C_LAG: RGBColor = RGBColor(148, 103, 189);
 /// The report's three charts: throughput, latency percentiles, consumer lag.
 pub fn charts(data: &ReportData) -> Vec<Chart> {
     let tl = &data.load.timeline;
-    let x = |t: u64| t as f64 + 0.5;
-    let requests: Vec<(f64, f64)> = tl.iter().map(|s| (x(s.t), s.requests as f64)).collect();
-    let events: Vec<(f64, f64)> = tl.iter().map(|s| (x(s.t), s.events_ok as f64)).collect();
-    let mut stored_rate = Vec::new();
-    for w in data.samples.windows(2) {
-        let dt = w[1].t - w[0].t;
+    let span = tl
+        .last()
+        .map(|s| s.t as f64 + 1.0)
+        .into_iter()
+        .chain(data.samples.last().map(|s| s.t))
+        .fold(1.0, f64::max);
+    // Long runs are drawn in bins of several seconds (at most ~400 points per line).
+    let bin = (span / 400.0).ceil().max(1.0);
+    let binned = |points: &mut dyn Iterator<Item = (f64, f64)>, mean: bool| -> Vec<(f64, f64)> {
+        let mut sums: std::collections::BTreeMap<u64, (f64, u32)> = Default::default();
+        for (t, v) in points {
+            let e = sums.entry((t / bin) as u64).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+        sums.into_iter()
+            .map(|(k, (sum, n))| {
+                let x = (k as f64 + 0.5) * bin;
+                (x, if mean { sum / f64::from(n) } else { sum / bin })
+            })
+            .collect()
+    };
+    let requests = binned(
+        &mut tl.iter().map(|s| (s.t as f64, s.requests as f64)),
+        false,
+    );
+    let events = binned(
+        &mut tl.iter().map(|s| (s.t as f64, s.events_ok as f64)),
+        false,
+    );
+    let stored: Vec<(f64, u64)> = data
+        .samples
+        .iter()
+        .filter_map(|s| s.stored.map(|n| (s.t, n)))
+        .collect();
+    // Rows stored per second: the growth of the stored count between samples, spread over
+    // the bins; the count only grows, so a replica answering a little behind counts as 0.
+    let mut stored_points = Vec::new();
+    let mut high = 0u64;
+    for w in stored.windows(2) {
+        let dt = w[1].0 - w[0].0;
         if dt > 0.0 {
-            let rate = w[1].stored.saturating_sub(w[0].stored) as f64 / dt;
-            stored_rate.push(((w[0].t + w[1].t) / 2.0, rate));
+            let now = w[1].1.max(high);
+            let grown = now.saturating_sub(w[0].1.max(high).min(now));
+            high = now;
+            stored_points.push((w[1].0, grown as f64));
         }
     }
+    let stored_rate = binned(&mut stored_points.into_iter(), false);
+    let pct = |f: fn(&crate::stats::SecondStats) -> f64| {
+        binned(
+            &mut tl
+                .iter()
+                .filter(|s| s.requests > 0)
+                .map(|s| (s.t as f64, f(s))),
+            true,
+        )
+    };
+    let lag_points = binned(
+        &mut data
+            .samples
+            .iter()
+            .filter_map(|s| s.lag.map(|l| (s.t, l as f64))),
+        true,
+    );
     let mut throughput = Chart {
         title: "Throughput".into(),
         y_desc: "per second".into(),
@@ -179,33 +233,16 @@ pub fn charts(data: &ReportData) -> Vec<Chart> {
         .series
         .push(("rows stored/s (ClickHouse)".into(), C_STORE, stored_rate));
     let latency = Chart {
-        title: "HTTP latency percentiles per second".into(),
+        title: if bin > 1.0 {
+            format!("HTTP latency percentiles (each second's, averaged over {bin:.0} s)")
+        } else {
+            "HTTP latency percentiles per second".to_owned()
+        },
         y_desc: "milliseconds".into(),
         series: vec![
-            (
-                "p50".into(),
-                C_EVT,
-                tl.iter()
-                    .filter(|s| s.requests > 0)
-                    .map(|s| (x(s.t), s.latency.p50))
-                    .collect(),
-            ),
-            (
-                "p95".into(),
-                C_REQ,
-                tl.iter()
-                    .filter(|s| s.requests > 0)
-                    .map(|s| (x(s.t), s.latency.p95))
-                    .collect(),
-            ),
-            (
-                "p99".into(),
-                C_P99,
-                tl.iter()
-                    .filter(|s| s.requests > 0)
-                    .map(|s| (x(s.t), s.latency.p99))
-                    .collect(),
-            ),
+            ("p50".into(), C_EVT, pct(|s| s.latency.p50)),
+            ("p95".into(), C_REQ, pct(|s| s.latency.p95)),
+            ("p99".into(), C_P99, pct(|s| s.latency.p99)),
         ],
         references: Vec::new(),
     };
@@ -213,21 +250,11 @@ pub fn charts(data: &ReportData) -> Vec<Chart> {
         title: "Consumer lag and rows stored".into(),
         y_desc: "messages / rows".into(),
         series: vec![
-            (
-                "consumer lag (messages)".into(),
-                C_LAG,
-                data.samples
-                    .iter()
-                    .filter_map(|s| s.lag.map(|l| (s.t, l as f64)))
-                    .collect(),
-            ),
+            ("consumer lag (messages)".into(), C_LAG, lag_points),
             (
                 "rows stored (cumulative)".into(),
                 C_STORE,
-                data.samples
-                    .iter()
-                    .map(|s| (s.t, s.stored as f64))
-                    .collect(),
+                stored.iter().map(|&(t, n)| (t, n as f64)).collect(),
             ),
         ],
         references: Vec::new(),
@@ -743,7 +770,7 @@ mod tests {
             samples: (0..25u32)
                 .map(|i| Sample {
                     t: f64::from(i),
-                    stored: u64::from(i) * 900,
+                    stored: Some(u64::from(i) * 900),
                     lag: Some(100 - i64::from(i)),
                 })
                 .collect(),

@@ -16,7 +16,7 @@ use crate::ids::{RunId, SeqSet};
 use crate::plan::Model;
 
 /// How one request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The server answered with this status.
     Status(u16),
@@ -209,7 +209,7 @@ fn histogram() -> Histogram<u64> {
 
 /// Receives [`Done`] messages until every sender is gone; draws the progress line each second.
 pub async fn collect(
-    mut rx: mpsc::Receiver<Done>,
+    mut rx: mpsc::Receiver<Vec<Done>>,
     live: Arc<Live>,
     limits: Limits,
     progress: bool,
@@ -226,6 +226,7 @@ pub async fn collect(
         resent: 0,
         accepted: SeqSet::new(),
     };
+    let mut outcomes: std::collections::HashMap<Outcome, u64> = Default::default();
     let mut second = SecondStats::default();
     let mut second_hist = histogram();
     let mut recent = histogram();
@@ -244,29 +245,31 @@ pub async fn collect(
     loop {
         tokio::select! {
             msg = rx.recv() => {
-                let Some(done) = msg else { break };
+                let Some(batch) = msg else { break };
                 let t = start.elapsed().as_secs();
                 while t > second.t {
                     finish_second(&mut c, &mut second, &mut second_hist);
                 }
-                c.requests += 1;
-                c.events_sent += u64::from(done.events);
-                c.resent += u64::from(done.resent);
-                second.requests += 1;
-                c.total.saturating_record(done.latency_us.max(1));
-                second_hist.saturating_record(done.latency_us.max(1));
-                recent.saturating_record(done.latency_us.max(1));
-                if done.outcome.is_ok() {
-                    c.ok += 1;
-                    second.ok += 1;
-                    second.events_ok += done.accepted.len() as u64;
-                    for seq in done.accepted {
-                        c.accepted.insert(seq);
+                for done in batch {
+                    c.requests += 1;
+                    c.events_sent += u64::from(done.events);
+                    c.resent += u64::from(done.resent);
+                    second.requests += 1;
+                    c.total.saturating_record(done.latency_us.max(1));
+                    second_hist.saturating_record(done.latency_us.max(1));
+                    recent.saturating_record(done.latency_us.max(1));
+                    if done.outcome.is_ok() {
+                        c.ok += 1;
+                        second.ok += 1;
+                        second.events_ok += done.accepted.len() as u64;
+                        for seq in done.accepted {
+                            c.accepted.insert(seq);
+                        }
+                    } else {
+                        second.failed += 1;
                     }
-                } else {
-                    second.failed += 1;
+                    *outcomes.entry(done.outcome).or_default() += 1;
                 }
-                *c.outcomes.entry(done.outcome.label()).or_default() += 1;
             }
             _ = tick.tick() => {
                 let elapsed = start.elapsed();
@@ -287,6 +290,9 @@ pub async fn collect(
     }
     if second.requests > 0 {
         finish_second(&mut c, &mut second, &mut second_hist);
+    }
+    for (outcome, n) in outcomes {
+        *c.outcomes.entry(outcome.label()).or_default() += n;
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -487,13 +493,13 @@ mod tests {
             } else {
                 vec![]
             };
-            tx.send(Done {
+            tx.send(vec![Done {
                 latency_us: 1000 * (i as u64 + 1),
                 outcome,
                 events: 1,
                 resent: 0,
                 accepted,
-            })
+            }])
             .await
             .unwrap();
         }

@@ -176,15 +176,29 @@ impl Verifier {
         format!("{}.{}", self.schema.database, self.schema.table)
     }
 
-    /// Rows and distinct ids of `run` in the queried table.
+    /// Rows and distinct ids of `run` in the queried table. (`uniqExact` of the id's text: of
+    /// the UUID itself, ClickHouse 18.16 takes seconds for 100,000 rows.)
     pub async fn counts(&self, run: RunId) -> anyhow::Result<(u64, u64)> {
         self.client
             .query(&format!(
-                "SELECT count(), uniqExact(id) FROM {} WHERE source = ?",
+                "SELECT count(), uniqExact(toString(id)) FROM {} WHERE source = ?",
                 self.table()
             ))
             .bind(run.to_string())
             .fetch_one::<(u64, u64)>()
+            .await
+            .context("count the run's rows")
+    }
+
+    /// Rows of `run` in the queried table (cheaper than [`Verifier::counts`]).
+    pub async fn rows(&self, run: RunId) -> anyhow::Result<u64> {
+        self.client
+            .query(&format!(
+                "SELECT count() FROM {} WHERE source = ?",
+                self.table()
+            ))
+            .bind(run.to_string())
+            .fetch_one::<u64>()
             .await
             .context("count the run's rows")
     }
