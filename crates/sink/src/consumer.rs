@@ -52,6 +52,8 @@ struct State {
     acks: std_mpsc::Receiver<Ack>,
     tracker: Tracker,
     parts: BTreeMap<i32, Part>,
+    /// Whether the group gave this member an assignment (possibly empty) since the last revoke.
+    assigned: bool,
     generation: Arc<AtomicU64>,
     epoch: u64,
     reconciled_tx: std_mpsc::Sender<(u64, BTreeMap<i32, Stored>)>,
@@ -244,6 +246,7 @@ impl State {
         self.builder.discard();
         self.tracker.forget_all();
         self.parts.clear();
+        self.assigned = false;
         self.paused = false;
         self.epoch += 1;
         metrics::gauge!("ess_sink_assigned_partitions").set(0.0);
@@ -259,6 +262,7 @@ impl State {
             .collect();
         tracing::info!(?parts, "partitions assigned; reconciling with ClickHouse");
         self.health.assignments.fetch_add(1, Ordering::Relaxed);
+        self.assigned = true;
         metrics::gauge!("ess_sink_assigned_partitions").set(parts.len() as f64);
         if parts.is_empty() {
             self.health.ready.store(true, Ordering::Relaxed);
@@ -322,7 +326,8 @@ impl State {
                 tracing::warn!("resume after reconciliation failed: {e}");
             }
         }
-        let ready = self.parts.values().all(|p| matches!(p, Part::Ready(_)));
+        // Not ready before the group has answered: `all` over no partitions would say yes.
+        let ready = self.assigned && self.parts.values().all(|p| matches!(p, Part::Ready(_)));
         self.health.ready.store(ready, Ordering::Relaxed);
     }
 
@@ -433,6 +438,7 @@ pub fn poll_loop(
         acks,
         tracker: Tracker::default(),
         parts: BTreeMap::new(),
+        assigned: false,
         generation,
         epoch: 0,
         reconciled_tx,
