@@ -1,6 +1,7 @@
 //! Current ClickHouse (26.x, through chDB in-process): the DDL `ess migrate` writes for it is
 //! accepted, and the RowBinary the client sends for an [`EventRow`] loads into that table with
-//! every value, millisecond times included, intact.
+//! every value, millisecond times included, intact — and the sink's own encoder writes the same
+//! bytes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -82,6 +83,17 @@ async fn modern_ddl_and_rowbinary_load_into_current_clickhouse() {
     assert!(
         query.contains("RowBinary"),
         "the client inserts RowBinary: {query}"
+    );
+    // The sink encodes rows by hand; its bytes must be the client's, so what loads below
+    // proves the sink's encoding for current servers too.
+    let mut by_sink = Vec::new();
+    for row in &rows {
+        ess_sink::encode::encode_event_row(&mut by_sink, row);
+    }
+    assert_eq!(
+        by_sink,
+        body.to_vec(),
+        "the sink's RowBinary equals the client's"
     );
 
     let dir = std::env::temp_dir().join(ess_testkit::unique("chdb"));
