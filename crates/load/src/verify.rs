@@ -24,24 +24,9 @@ pub struct LostId {
     pub id: Uuid,
 }
 
-/// End-to-end latency (ingest → stored) in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct E2eMs {
-    /// Smallest.
-    pub min: f64,
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Largest.
-    pub max: f64,
-}
+/// End-to-end latency (ingest → stored) in milliseconds: the same percentiles as request
+/// latency.
+pub type E2eMs = crate::stats::LatencyMs;
 
 /// One node's copy of the run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
