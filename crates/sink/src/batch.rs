@@ -23,6 +23,43 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// RowBinary rows and where each starts: a whole batch, or the part of one bound for a shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Block {
+    /// Encoded rows.
+    pub data: bytes::Bytes,
+    /// Start of each row in `data`.
+    pub starts: Vec<u32>,
+}
+
+impl Block {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether it holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The bytes of rows `from..to`.
+    pub fn slice(&self, from: usize, to: usize) -> bytes::Bytes {
+        self.data.slice(self.span(from, to))
+    }
+
+    /// The bytes of row `i`.
+    pub fn row(&self, i: usize) -> &[u8] {
+        &self.data[self.span(i, i + 1)]
+    }
+
+    fn span(&self, from: usize, to: usize) -> std::ops::Range<usize> {
+        let start = self.starts[from] as usize;
+        let end = self.starts.get(to).map_or(self.data.len(), |&e| e as usize);
+        start..end
+    }
+}
+
 /// A sealed batch: RowBinary rows plus what is needed to commit, split and dead-letter them.
 #[derive(Debug)]
 pub struct Batch {
@@ -31,10 +68,8 @@ pub struct Batch {
     /// The assignment generation it was read under; a batch from an older generation is
     /// abandoned rather than retried.
     pub generation: u64,
-    /// Encoded rows.
-    pub data: bytes::Bytes,
-    /// Start of each row in `data`.
-    pub row_starts: Vec<u32>,
+    /// The rows, in the order they were read.
+    pub block: Block,
     /// `ingest_time` of each row (ms), for the end-to-end latency histogram.
     pub ingest_times: Vec<i64>,
     /// Per partition, the first and last offset consumed into this batch (inclusive);
@@ -49,17 +84,7 @@ pub struct Batch {
 impl Batch {
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.row_starts.len()
-    }
-
-    /// The bytes of rows `from..to`.
-    pub fn slice(&self, from: usize, to: usize) -> bytes::Bytes {
-        let start = self.row_starts[from] as usize;
-        let end = self
-            .row_starts
-            .get(to)
-            .map_or(self.data.len(), |&e| e as usize);
-        self.data.slice(start..end)
+        self.block.len()
     }
 }
 
@@ -182,8 +207,10 @@ impl Builder {
         Some(Batch {
             id: self.next_id,
             generation,
-            data: bytes::Bytes::from(open.data),
-            row_starts: open.row_starts,
+            block: Block {
+                data: bytes::Bytes::from(open.data),
+                starts: open.row_starts,
+            },
             ingest_times: open.ingest_times,
             ranges: open.ranges,
             dead: open.dead,
@@ -245,11 +272,12 @@ mod tests {
         assert_eq!(batch.ranges[&2], (100, 104));
         assert_eq!(batch.ranges[&5], (7, 7));
         for i in 0..4 {
-            let row = decode_row(&batch.slice(i, i + 1)).unwrap();
+            let row = decode_row(&batch.block.slice(i, i + 1)).unwrap();
             assert_eq!(row.store_time, 1_764_000_000_777);
             assert_eq!(row.kafka_offset, 100 + i as i64);
         }
-        assert_eq!(batch.slice(0, 4), batch.data);
+        assert_eq!(batch.block.slice(0, 4), batch.block.data);
+        assert_eq!(batch.block.row(1), &batch.block.slice(1, 2)[..]);
         assert!(b.is_empty() && b.seal(0, 1).is_none());
     }
 

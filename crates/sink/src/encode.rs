@@ -66,13 +66,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The `id` of a row encoded by [`encode_row`] (its first column); `None` when too short.
+pub fn row_id(mut bytes: &[u8]) -> Option<Uuid> {
+    take_uuid(&mut bytes)
+}
+
 /// Reads one row encoded by [`encode_row`]; `None` when the bytes are not one whole row.
 pub fn decode_row(mut bytes: &[u8]) -> Option<EventRow> {
-    let id = {
-        let high = take_u64(&mut bytes)?;
-        let low = take_u64(&mut bytes)?;
-        Uuid::from_u64_pair(high, low)
-    };
+    let id = take_uuid(&mut bytes)?;
     let kind = take_str(&mut bytes)?;
     let source = take_str(&mut bytes)?;
     let event_time = take_u64(&mut bytes)? as i64;
@@ -111,6 +112,12 @@ pub fn row_to_wire_json(row: &EventRow) -> Vec<u8> {
         properties: &properties,
     }
     .to_json()
+}
+
+fn take_uuid(bytes: &mut &[u8]) -> Option<Uuid> {
+    let high = take_u64(bytes)?;
+    let low = take_u64(bytes)?;
+    Some(Uuid::from_u64_pair(high, low))
 }
 
 fn take_u64(bytes: &mut &[u8]) -> Option<u64> {

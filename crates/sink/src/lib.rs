@@ -1,8 +1,9 @@
 //! ess sink: Kafka → ClickHouse, exactly once in the stored rows.
 //!
 //! A consumer-group member that reads `WireEvent` JSON, encodes RowBinary rows as it reads,
-//! cuts batches by rows, bytes and age, inserts them through the Distributed table with
-//! `insert_distributed_sync=1` and commits a partition's offset only after ClickHouse
+//! cuts batches by rows, bytes and age, inserts them (each shard's rows straight into its
+//! replicated table, or through the Distributed table with `insert_distributed_sync=1`:
+//! `sink.write_path`) and commits a partition's offset only after ClickHouse
 //! acknowledged every batch up to it. Exactly-once comes from reconciliation on assignment
 //! (offsets past the committed one that ClickHouse already holds are skipped) and from retries
 //! that resend identical blocks, which replicated block deduplication drops; see
@@ -15,6 +16,8 @@
 //! - [`encode`]: RowBinary rows straight from borrowed events.
 //! - [`writer`]: insert tasks: retries with backoff and jitter, splitting refused data,
 //!   dead letters.
+//! - [`shard`]: for direct writes, the Distributed table's row → shard mapping and which
+//!   node holds which shard.
 //! - [`classify`]: retry / don't-retry for ClickHouse errors.
 //! - [`offsets`]: which offsets may be committed.
 //! - [`reconcile`]: on assignment, which offsets are already stored.
@@ -27,6 +30,7 @@ pub mod encode;
 pub mod offsets;
 pub mod reconcile;
 pub mod server;
+pub mod shard;
 pub mod writer;
 
 use std::future::Future;
@@ -34,14 +38,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context as _;
-use ess_core::config::Config;
+use ess_core::config::{Config, WritePath};
 use rdkafka::producer::FutureProducer;
 
 use crate::batch::Limits;
 use crate::consumer::LoopConfig;
 use crate::reconcile::Reconciler;
 use crate::server::Health;
-use crate::writer::{Target, Writer};
+use crate::shard::{Layout, LayoutError};
+use crate::writer::{Route, Target, Writer};
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,17 @@ pub enum SinkError {
     /// A Kafka client could not be created.
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The shards could not be mapped for `sink.write_path = "shards"`.
+    #[error("mapping the ClickHouse shards: {0}")]
+    Layout(#[from] LayoutError),
+}
+
+fn insert_sql(ch: &ess_core::config::ClickHouseConfig, table: &str) -> String {
+    format!(
+        "INSERT INTO {}.{table} ({}) FORMAT RowBinary",
+        ch.database,
+        encode::COLUMNS
+    )
 }
 
 /// The consumer's librdkafka settings.
@@ -132,24 +148,50 @@ pub async fn start(
         Ok(v) => tracing::info!(version = %v.text, "ClickHouse"),
         Err(e) => tracing::warn!("ClickHouse does not answer yet (inserts will retry): {e}"),
     }
-    let insert_clients = clients
-        .iter()
-        .map(|(url, c)| {
-            let c = c
-                .clone()
-                .with_setting("insert_distributed_sync", "1")
-                .with_setting("insert_deduplicate", "1");
-            (url.clone(), c)
-        })
-        .collect();
-    let target = Target {
-        clients: insert_clients,
-        sql: format!(
-            "INSERT INTO {}.{} ({}) FORMAT RowBinary",
-            ch.database,
-            ch.table,
-            encode::COLUMNS
-        ),
+    let target = match config.sink.write_path {
+        WritePath::Distributed => Target {
+            route: Route::Distributed(
+                clients
+                    .iter()
+                    .map(|(url, c)| {
+                        let c = c
+                            .clone()
+                            .with_setting("insert_distributed_sync", "1")
+                            .with_setting("insert_deduplicate", "1");
+                        (url.clone(), c)
+                    })
+                    .collect(),
+            ),
+            sql: insert_sql(ch, &ch.table),
+        },
+        WritePath::Shards => {
+            let nodes: Vec<_> = clients
+                .iter()
+                .map(|(url, c)| {
+                    (
+                        url.clone(),
+                        c.clone().with_setting("insert_deduplicate", "1"),
+                    )
+                })
+                .collect();
+            let layout = Layout::discover(
+                &nodes,
+                &ch.cluster,
+                (&ch.database, &ch.table),
+                config.sink.reconcile_wait,
+            )
+            .await
+            .map_err(SinkError::Layout)?;
+            tracing::info!(
+                shards = layout.replicas.len(),
+                replicas = ?layout.replicas.iter().map(|r| r.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "writing straight to each shard's replicated table"
+            );
+            Target {
+                route: Route::Shards(layout),
+                sql: insert_sql(ch, &ch.local_table()),
+            }
+        }
     };
     let reconciler = Reconciler {
         nodes: clients,

@@ -13,9 +13,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::batch::{Batch, DeadLetter};
+use crate::batch::{Batch, Block, DeadLetter};
 use crate::classify::{Disposition, classify, code_name, error_code};
 use crate::encode::{decode_row, row_to_wire_json};
+use crate::shard::Layout;
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +39,33 @@ pub struct Ack {
     pub outcome: Outcome,
 }
 
+/// Which nodes take a batch's rows.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Every node has the Distributed table and takes whole batches; inserts rotate over the
+    /// nodes and fail over on errors.
+    Distributed(Vec<(String, Client)>),
+    /// A batch is split by shard; each part goes to a replica of its shard (rotating, failing
+    /// over to the other replicas).
+    Shards(Layout),
+}
+
+impl Route {
+    /// The nodes that take `shard`'s part (never empty: [`Layout::discover`] maps a replica
+    /// for every shard).
+    fn nodes(&self, shard: Option<usize>) -> &[(String, Client)] {
+        match self {
+            Self::Distributed(nodes) => nodes,
+            Self::Shards(layout) => &layout.replicas[shard.unwrap_or(0)],
+        }
+    }
+}
+
 /// Where and how inserts go.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// One client per node that takes inserts (each has the Distributed table); inserts
-    /// rotate over them and fail over on errors.
-    pub clients: Vec<(String, Client)>,
+    /// The nodes.
+    pub route: Route,
     /// `INSERT INTO db.table (cols) FORMAT RowBinary`.
     pub sql: String,
 }
@@ -97,26 +119,45 @@ impl Writer {
         self.generation.load(Ordering::SeqCst) == batch.generation
     }
 
-    /// Stores one batch: rows, then dead letters.
+    /// Stores one batch: rows (each shard's part concurrently), then dead letters.
     pub async fn write(&self, batch: Batch) -> Ack {
         let started = Instant::now();
-        let mut dead = Vec::new();
-        let stored = if batch.rows() == 0 {
-            true
-        } else {
-            self.insert_range(&batch, 0, batch.rows(), &mut dead).await
+        let split;
+        let parts: Vec<(Option<usize>, &Block)> = match &self.target.route {
+            Route::Distributed(_) => vec![(None, &batch.block)],
+            Route::Shards(layout) => {
+                split = layout.sharding.split(&batch.block);
+                split
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, block)| !block.is_empty())
+                    .map(|(shard, block)| (Some(shard), block))
+                    .collect()
+            }
         };
-        let outcome = if stored && self.send_dead(&batch, batch.dead.iter().chain(&dead)).await {
-            Outcome::Stored
-        } else {
-            Outcome::Abandoned
+        let written = futures::future::join_all(
+            parts
+                .iter()
+                .map(|&(shard, block)| self.insert_block(&batch, shard, block)),
+        )
+        .await;
+        let dead: Option<Vec<DeadLetter>> =
+            written.into_iter().try_fold(Vec::new(), |mut all, part| {
+                all.extend(part?);
+                Some(all)
+            });
+        let outcome = match dead {
+            Some(dead) if self.send_dead(&batch, batch.dead.iter().chain(&dead)).await => {
+                Outcome::Stored
+            }
+            _ => Outcome::Abandoned,
         };
         if outcome == Outcome::Stored {
             let now = ess_core::event::Millis::now().0;
             metrics::counter!("ess_sink_rows_total").increment(batch.rows() as u64);
             metrics::counter!("ess_sink_batches_total").increment(1);
             metrics::histogram!("ess_sink_batch_rows").record(batch.rows() as f64);
-            metrics::histogram!("ess_sink_batch_bytes").record(batch.data.len() as f64);
+            metrics::histogram!("ess_sink_batch_bytes").record(batch.block.data.len() as f64);
             metrics::histogram!("ess_sink_batch_seconds").record(started.elapsed().as_secs_f64());
             let e2e = metrics::histogram!("ess_sink_e2e_seconds");
             for &t in &batch.ingest_times {
@@ -132,26 +173,41 @@ impl Writer {
         }
     }
 
-    /// Inserts rows `from..to`, retrying transient failures and bisecting refused data down to
+    /// Inserts every row of `block` (all of `batch`'s, or its part for `shard`); returns the
+    /// rows ClickHouse refused as dead letters, or `None` if abandoned.
+    async fn insert_block(
+        &self,
+        batch: &Batch,
+        shard: Option<usize>,
+        block: &Block,
+    ) -> Option<Vec<DeadLetter>> {
+        let mut dead = Vec::new();
+        self.insert_range(batch, shard, block, &mut dead)
+            .await
+            .then_some(dead)
+    }
+
+    /// Inserts `block`, retrying transient failures and bisecting refused data down to
     /// single rows, which become dead letters. Returns false if abandoned.
     async fn insert_range(
         &self,
         batch: &Batch,
-        from: usize,
-        to: usize,
+        shard: Option<usize>,
+        block: &Block,
         dead: &mut Vec<DeadLetter>,
     ) -> bool {
-        // An explicit stack instead of recursion: (from, to) ranges still to insert, in order.
-        let mut todo = vec![(from, to)];
+        // An explicit stack instead of recursion: (from, to) row ranges still to insert.
+        let mut todo = vec![(0, block.len())];
         while let Some((from, to)) = todo.pop() {
-            let data = batch.slice(from, to);
+            let data = block.slice(from, to);
+            let query_id = query_id(&self.topic, batch, shard, from, to);
             let mut attempt = 0u32;
             loop {
                 if !self.current(batch) {
                     return false;
                 }
                 let started = Instant::now();
-                match self.insert_once(batch, from, to, data.clone()).await {
+                match self.insert_once(shard, &query_id, data.clone()).await {
                     Ok(()) => {
                         metrics::histogram!("ess_sink_insert_seconds")
                             .record(started.elapsed().as_secs_f64());
@@ -163,19 +219,20 @@ impl Writer {
                             let delay = self.backoff(attempt);
                             attempt = attempt.saturating_add(1);
                             tracing::warn!(
-                                batch = batch.id, rows = to - from, node, attempt,
+                                batch = batch.id, ?shard, rows = to - from, node, attempt,
                                 retry_in = ?delay, "insert failed, will retry: {error}"
                             );
                             tokio::time::sleep(delay).await;
                         }
                         Disposition::BadData if to - from == 1 => {
                             let code = error_code(&error).unwrap_or(0);
-                            dead.push(refused_row(batch, from, code, &error));
+                            dead.push(refused_row(block, from, code, &error));
                             break;
                         }
                         Disposition::BadData => {
                             tracing::warn!(
                                 batch = batch.id,
+                                ?shard,
                                 rows = to - from,
                                 node,
                                 "ClickHouse refused the data, splitting: {error}"
@@ -192,21 +249,21 @@ impl Writer {
         true
     }
 
-    /// One INSERT of `data` (rows `from..to` of `batch`) on the next node. The query id names
-    /// the batch's topic and partitions so a new owner of a partition can wait for an insert
-    /// still running on the server (see [`crate::reconcile`]); retries reuse it, so ClickHouse
-    /// refuses to run two attempts of one block at once.
+    /// One INSERT of `data` on the next node that takes it (any node for the Distributed
+    /// table, a replica of `shard` for a shard's part). The query id names the batch's topic
+    /// and partitions so a new owner of a partition can wait for an insert still running on
+    /// the server (see [`crate::reconcile`]); retries reuse it, so ClickHouse refuses to run
+    /// two attempts of one block at once.
     async fn insert_once(
         &self,
-        batch: &Batch,
-        from: usize,
-        to: usize,
+        shard: Option<usize>,
+        query_id: &str,
         data: Bytes,
     ) -> Result<(), (String, clickhouse::error::Error)> {
-        let n = self.target.clients.len() as u64;
+        let nodes = self.target.route.nodes(shard);
+        let n = nodes.len() as u64;
         let index = (self.next_node.fetch_add(1, Ordering::Relaxed) % n) as usize;
-        let (url, client) = &self.target.clients[index];
-        let query_id = query_id(&self.topic, batch, from, to);
+        let (url, client) = &nodes[index];
         let mut insert = client
             .clone()
             .with_setting("query_id", query_id)
@@ -296,14 +353,25 @@ impl Writer {
     }
 }
 
-/// `ess:{topic}:,{p},{p},:{batch}:{from}-{to}`. Topic names cannot hold `:` or `,`.
-pub fn query_id(topic: &str, batch: &Batch, from: usize, to: usize) -> String {
+/// `ess:{topic}:,{p},{p},:{pid}-{batch}[-s{shard}]:{from}-{to}`. Topic names cannot hold `:`
+/// or `,`.
+pub fn query_id(
+    topic: &str,
+    batch: &Batch,
+    shard: Option<usize>,
+    from: usize,
+    to: usize,
+) -> String {
     let mut id = format!("ess:{topic}:,");
     for p in batch.ranges.keys() {
         id.push_str(&p.to_string());
         id.push(',');
     }
-    id.push_str(&format!(":{}-{}:{from}-{to}", std::process::id(), batch.id));
+    id.push_str(&format!(":{}-{}", std::process::id(), batch.id));
+    if let Some(shard) = shard {
+        id.push_str(&format!("-s{}", shard + 1));
+    }
+    id.push_str(&format!(":{from}-{to}"));
     id
 }
 
@@ -323,13 +391,13 @@ pub fn query_id_partitions(topic: &str, id: &str) -> Option<Vec<i32>> {
 }
 
 fn refused_row(
-    batch: &Batch,
+    block: &Block,
     row: usize,
     code: u32,
     error: &clickhouse::error::Error,
 ) -> DeadLetter {
-    let bytes = batch.slice(row, row + 1);
-    let decoded = decode_row(&bytes);
+    let bytes = block.row(row);
+    let decoded = decode_row(bytes);
     let (partition, offset, payload, key) = match &decoded {
         Some(r) => (
             r.kafka_partition,
@@ -390,15 +458,20 @@ mod tests {
         let batch = Batch {
             id: 7,
             generation: 1,
-            data: Bytes::new(),
-            row_starts: vec![],
+            block: Block::default(),
             ingest_times: vec![],
             ranges: [(3, (0, 1)), (11, (5, 9))].into_iter().collect(),
             dead: vec![],
             store_time: 0,
         };
-        let id = query_id("it_abc.events", &batch, 0, 10);
+        let id = query_id("it_abc.events", &batch, None, 0, 10);
         assert_eq!(query_id_partitions("it_abc.events", &id), Some(vec![3, 11]));
+        let shard_id = query_id("it_abc.events", &batch, Some(1), 0, 10);
+        assert!(shard_id.contains("-s2:"), "{shard_id}");
+        assert_eq!(
+            query_id_partitions("it_abc.events", &shard_id),
+            Some(vec![3, 11])
+        );
         assert_eq!(query_id_partitions("it_abc.event", &id), None);
         assert_eq!(query_id_partitions("other", &id), None);
     }

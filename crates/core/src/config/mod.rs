@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ingest::{ApiKey, AuthMode, IngestConfig};
 pub use load::LoadConfig;
-pub use sink::SinkConfig;
+pub use sink::{SinkConfig, WritePath};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, value_error};
 
+/// Where the sink's inserts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePath {
+    /// Each row straight to its shard's replicated table (`clickhouse.table` + `_local`) on a
+    /// replica of that shard, chosen with the Distributed table's own sharding function.
+    #[default]
+    Shards,
+    /// Through the Distributed table with `insert_distributed_sync=1`.
+    Distributed,
+}
+
 /// The sink.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,6 +34,10 @@ pub struct SinkConfig {
     /// …or when its first row has waited this long.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
+    /// Where inserts go: `shards` (each shard's replicated table directly, rows split with
+    /// the Distributed table's sharding function) or `distributed` (the Distributed table,
+    /// synchronously). See docs/design.md for the measurement behind the default.
+    pub write_path: WritePath,
     /// Inserts in flight at once.
     pub inflight_inserts: usize,
     /// Sealed batches waiting for a free insert slot; when this queue is full the consumer
@@ -62,6 +78,7 @@ impl Default for SinkConfig {
             batch_rows: 100_000,
             batch_bytes: 16 * 1024 * 1024,
             batch_max_wait: Duration::from_millis(300),
+            write_path: WritePath::default(),
             inflight_inserts: 3,
             queue_batches: 2,
             session_timeout_ms: 10_000,

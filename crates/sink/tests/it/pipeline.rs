@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ess_core::config::WritePath;
 use ess_core::schema::EventRow;
 use ess_testkit::Ephemeral;
 use rdkafka::Message;
@@ -174,4 +175,62 @@ async fn rows_stored_but_not_committed_are_not_written_again() {
         "nothing written twice"
     );
     eph.cleanup().await;
+}
+
+#[tokio::test]
+async fn both_write_paths_put_every_row_on_the_shard_clickhouse_chooses() {
+    for path in [WritePath::Shards, WritePath::Distributed] {
+        let eph = Ephemeral::new(4).await;
+        let mut config = test_config(eph.config.clone());
+        config.sink.write_path = path;
+        let producer = producer(&config);
+        produce(&config, &producer, 6_000, 0).await;
+        let sink = InProcess::start(&config).await;
+        assert_eq!(
+            wait_for_rows(&config, 6_000, Duration::from_secs(60)).await,
+            (6_000, 6_000),
+            "{path:?}"
+        );
+        sink.stop().await.expect("stop");
+
+        // Every node holds only rows whose cityHash64(toString(id)), as the server computes
+        // it, picks that node's shard; the replicas of a shard end equal and the shards add up.
+        let mut clients = Vec::new();
+        for url in config.clickhouse.all_nodes() {
+            clients.push((url.clone(), eph.client(&url).await));
+        }
+        let sql = format!(
+            "SELECT (SELECT any(shard_num) FROM system.clusters WHERE cluster = '{}' AND is_local) \
+             AS shard, count(), countIf(cityHash64(toString(id)) % 2 + 1 != shard) FROM {}",
+            config.clickhouse.cluster,
+            config.clickhouse.local_table()
+        );
+        let nodes = ess_testkit::eventually(Duration::from_secs(30), "replicas equal", || {
+            let (clients, sql) = (&clients, &sql);
+            async move {
+                let mut nodes = Vec::new();
+                for (url, client) in clients {
+                    let (shard, rows, misplaced): (u32, u64, u64) =
+                        client.query(sql).fetch_one().await.ok()?;
+                    nodes.push((url.clone(), shard, rows, misplaced));
+                }
+                let rows_of = |s: u32| -> Vec<u64> {
+                    nodes.iter().filter(|n| n.1 == s).map(|n| n.2).collect()
+                };
+                let (one, two) = (rows_of(1), rows_of(2));
+                let settled = one.len() == 2
+                    && two.len() == 2
+                    && one[0] == one[1]
+                    && two[0] == two[1]
+                    && one[0] + two[0] == 6_000;
+                settled.then_some(nodes)
+            }
+        })
+        .await;
+        for (url, shard, rows, misplaced) in nodes {
+            assert_eq!(misplaced, 0, "{path:?}: rows on the wrong shard at {url}");
+            assert!(rows > 2_000, "{path:?}: shard {shard} holds only {rows} rows");
+        }
+        eph.cleanup().await;
+    }
 }
