@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
             max_wait: Duration::from_secs(60),
         };
         b.iter(|| {
-            let mut builder = Builder::new(limits);
+            let mut builder = Builder::new(limits, None);
             let now = Instant::now();
             for (offset, m) in messages.iter().enumerate() {
                 let event = WireEvent::from_json(m).expect("valid message");

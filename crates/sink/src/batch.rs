@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use ess_core::event::WireEvent;
 
 use crate::encode::encode_row;
+use crate::shard::Sharding;
 
 /// A message the sink will not store, on its way to the dead-letter topic.
 #[derive(Debug, Clone)]
@@ -68,8 +69,9 @@ pub struct Batch {
     /// The assignment generation it was read under; a batch from an older generation is
     /// abandoned rather than retried.
     pub generation: u64,
-    /// The rows, in the order they were read.
-    pub block: Block,
+    /// The rows in the order they were read: one block per shard (index = shard) when the
+    /// sink writes to the shards, else one block.
+    pub parts: Vec<Block>,
     /// `ingest_time` of each row (ms), for the end-to-end latency histogram.
     pub ingest_times: Vec<i64>,
     /// Per partition, the first and last offset consumed into this batch (inclusive);
@@ -84,7 +86,12 @@ pub struct Batch {
 impl Batch {
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.block.len()
+        self.parts.iter().map(Block::len).sum()
+    }
+
+    /// Encoded bytes.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.data.len()).sum()
     }
 }
 
@@ -99,11 +106,20 @@ pub struct Limits {
     pub max_wait: Duration,
 }
 
+/// The rows of the open batch bound for one shard.
 #[derive(Debug, Default)]
-struct Open {
+struct OpenPart {
     data: Vec<u8>,
     row_starts: Vec<u32>,
+    /// Where each row's `store_time` goes.
     stamp_at: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    parts: Vec<OpenPart>,
+    rows: usize,
+    bytes: usize,
     ingest_times: Vec<i64>,
     ranges: BTreeMap<i32, (i64, i64)>,
     dead: Vec<DeadLetter>,
@@ -114,17 +130,30 @@ struct Open {
 #[derive(Debug)]
 pub struct Builder {
     limits: Limits,
+    /// With direct writes, rows are encoded straight into their shard's part.
+    sharding: Option<Sharding>,
     open: Open,
     next_id: u64,
 }
 
 impl Builder {
-    /// An empty builder.
-    pub fn new(limits: Limits) -> Self {
-        Self {
+    /// An empty builder; with `sharding`, each batch has one part per shard.
+    pub fn new(limits: Limits, sharding: Option<Sharding>) -> Self {
+        let mut builder = Self {
             limits,
+            sharding,
             open: Open::default(),
             next_id: 0,
+        };
+        builder.open = builder.empty();
+        builder
+    }
+
+    fn empty(&self) -> Open {
+        let parts = self.sharding.as_ref().map_or(1, Sharding::shards);
+        Open {
+            parts: (0..parts).map(|_| OpenPart::default()).collect(),
+            ..Open::default()
         }
     }
 
@@ -139,16 +168,20 @@ impl Builder {
 
     /// Adds a decoded event read at `partition`/`offset`.
     pub fn push_event(&mut self, event: &WireEvent<'_>, partition: i32, offset: i64, now: Instant) {
+        let shard = self.sharding.as_ref().map_or(0, |s| s.shard_of(event.id));
         let open = &mut self.open;
-        let start = open.data.len();
-        encode_row(&mut open.data, event, 0, partition, offset);
+        let part = &mut open.parts[shard];
+        let start = part.data.len();
+        encode_row(&mut part.data, event, 0, partition, offset);
         // store_time sits 16 bytes (event_time, ingest_time) after type and source; its place
         // is found from the end: offset (8), partition (4), properties, store_time (8).
         let props = event.properties.get().len();
         let tail = 8 + 4 + props + varint_len(props) + 8;
-        let stamp = open.data.len() - tail;
-        open.row_starts.push(start as u32);
-        open.stamp_at.push(stamp as u32);
+        let stamp = part.data.len() - tail;
+        part.row_starts.push(start as u32);
+        part.stamp_at.push(stamp as u32);
+        open.rows += 1;
+        open.bytes += part.data.len() - start;
         open.ingest_times.push(event.ingest_time.0);
         self.touch(partition, offset, now);
     }
@@ -172,13 +205,13 @@ impl Builder {
 
     /// Encoded bytes so far.
     pub fn bytes(&self) -> usize {
-        self.open.data.len()
+        self.open.bytes
     }
 
     /// Whether the rows or bytes limit is reached.
     pub fn is_full(&self) -> bool {
-        self.open.row_starts.len() >= self.limits.rows
-            || self.open.data.len() >= self.limits.bytes
+        self.open.rows >= self.limits.rows
+            || self.open.bytes >= self.limits.bytes
             || self.open.dead.len() >= self.limits.rows
     }
 
@@ -197,20 +230,28 @@ impl Builder {
         if self.is_empty() {
             return None;
         }
-        let mut open = std::mem::take(&mut self.open);
+        let fresh = self.empty();
+        let open = std::mem::replace(&mut self.open, fresh);
         let stamp = store_time.to_le_bytes();
-        for &at in &open.stamp_at {
-            let at = at as usize;
-            open.data[at..at + 8].copy_from_slice(&stamp);
-        }
+        let parts = open
+            .parts
+            .into_iter()
+            .map(|mut part| {
+                for &at in &part.stamp_at {
+                    let at = at as usize;
+                    part.data[at..at + 8].copy_from_slice(&stamp);
+                }
+                Block {
+                    data: bytes::Bytes::from(part.data),
+                    starts: part.row_starts,
+                }
+            })
+            .collect();
         self.next_id += 1;
         Some(Batch {
             id: self.next_id,
             generation,
-            block: Block {
-                data: bytes::Bytes::from(open.data),
-                starts: open.row_starts,
-            },
+            parts,
             ingest_times: open.ingest_times,
             ranges: open.ranges,
             dead: open.dead,
@@ -220,7 +261,7 @@ impl Builder {
 
     /// Drops the open batch (its partitions were revoked before it was cut).
     pub fn discard(&mut self) {
-        self.open = Open::default();
+        self.open = self.empty();
     }
 }
 
@@ -258,7 +299,7 @@ mod tests {
 
     #[test]
     fn rows_are_stamped_and_split_at_row_boundaries() {
-        let mut b = Builder::new(limits(10));
+        let mut b = Builder::new(limits(10), None);
         let now = Instant::now();
         for (i, len) in [0, 200, 5, 130].into_iter().enumerate() {
             let json = event_json(i, len);
@@ -272,18 +313,43 @@ mod tests {
         assert_eq!(batch.ranges[&2], (100, 104));
         assert_eq!(batch.ranges[&5], (7, 7));
         for i in 0..4 {
-            let row = decode_row(&batch.block.slice(i, i + 1)).unwrap();
+            let row = decode_row(&batch.parts[0].slice(i, i + 1)).unwrap();
             assert_eq!(row.store_time, 1_764_000_000_777);
             assert_eq!(row.kafka_offset, 100 + i as i64);
         }
-        assert_eq!(batch.block.slice(0, 4), batch.block.data);
-        assert_eq!(batch.block.row(1), &batch.block.slice(1, 2)[..]);
+        assert_eq!(batch.parts[0].slice(0, 4), batch.parts[0].data);
+        assert_eq!(batch.parts[0].row(1), &batch.parts[0].slice(1, 2)[..]);
         assert!(b.is_empty() && b.seal(0, 1).is_none());
     }
 
     #[test]
+    fn with_sharding_every_row_lands_in_its_shard_part_in_order() {
+        let two = Sharding::from_weights(&[1, 1]).unwrap();
+        let mut b = Builder::new(limits(10_000), Some(two.clone()));
+        let now = Instant::now();
+        for i in 0..1000 {
+            let json = event_json(i, 3);
+            let e = WireEvent::from_json(&json).unwrap();
+            b.push_event(&e, 0, i as i64, now);
+        }
+        let batch = b.seal(7, 1).unwrap();
+        assert_eq!((batch.parts.len(), batch.rows()), (2, 1000));
+        assert!(batch.parts.iter().all(|p| p.len() > 400), "a fair split");
+        for (shard, part) in batch.parts.iter().enumerate() {
+            let mut last = -1;
+            for i in 0..part.len() {
+                let row = decode_row(part.row(i)).expect("whole rows");
+                assert_eq!(two.shard_of(row.id), shard);
+                assert_eq!(row.store_time, 7);
+                assert!(row.kafka_offset > last, "read order kept");
+                last = row.kafka_offset;
+            }
+        }
+    }
+
+    #[test]
     fn cut_by_rows_and_by_age() {
-        let mut b = Builder::new(limits(2));
+        let mut b = Builder::new(limits(2), None);
         let t0 = Instant::now();
         assert!(
             !b.is_due(t0 + Duration::from_secs(60)),

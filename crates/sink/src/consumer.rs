@@ -24,6 +24,7 @@ use crate::batch::{Batch, Builder, DeadLetter, Limits};
 use crate::offsets::Tracker;
 use crate::reconcile::{Reconciler, Stored};
 use crate::server::Health;
+use crate::shard::Sharding;
 use crate::writer::{Ack, Outcome};
 
 /// Everything the poll loop needs.
@@ -33,6 +34,8 @@ pub struct LoopConfig {
     pub topic: String,
     /// Batch limits.
     pub limits: Limits,
+    /// With direct writes, how rows are split by shard as they are encoded.
+    pub sharding: Option<Sharding>,
     /// Longest wait on revoke.
     pub revoke_timeout: Duration,
     /// Longest wait on shutdown.
@@ -432,7 +435,7 @@ pub fn poll_loop(
     let (reconciled_tx, reconciled_rx) = std_mpsc::channel();
     let state = Arc::new(Mutex::new(State {
         topic: config.topic.clone(),
-        builder: Builder::new(config.limits),
+        builder: Builder::new(config.limits, config.sharding.clone()),
         pending: VecDeque::new(),
         batches,
         acks,

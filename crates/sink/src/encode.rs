@@ -66,11 +66,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// The `id` of a row encoded by [`encode_row`] (its first column); `None` when too short.
-pub fn row_id(mut bytes: &[u8]) -> Option<Uuid> {
-    take_uuid(&mut bytes)
-}
-
 /// Reads one row encoded by [`encode_row`]; `None` when the bytes are not one whole row.
 pub fn decode_row(mut bytes: &[u8]) -> Option<EventRow> {
     let id = take_uuid(&mut bytes)?;

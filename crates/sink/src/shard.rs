@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use uuid::Uuid;
 
-use crate::batch::Block;
-use crate::encode::row_id;
-
 /// The sharding expression the Distributed table must have for direct writes to put every
 /// row where the Distributed table would.
 pub const SHARDING_KEY: &str = "cityHash64(toString(id))";
@@ -50,36 +47,6 @@ impl Sharding {
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let hash = ch_cityhash102::cityhash64(id.hyphenated().encode_lower(&mut text).as_bytes());
         self.slots[(hash % self.slots.len() as u64) as usize]
-    }
-
-    /// Splits `block` into one block per shard, rows in their original order. The split is a
-    /// function of the bytes alone, so a retried batch splits into identical blocks.
-    pub fn split(&self, block: &Block) -> Vec<Block> {
-        let shards = self.shards();
-        if shards == 1 {
-            return vec![block.clone()];
-        }
-        let mut data: Vec<Vec<u8>> = (0..shards)
-            .map(|_| Vec::with_capacity(block.data.len() / shards + 1024))
-            .collect();
-        let mut starts: Vec<Vec<u32>> = (0..shards)
-            .map(|_| Vec::with_capacity(block.len() / shards + 64))
-            .collect();
-        for i in 0..block.len() {
-            let row = block.row(i);
-            // Rows are encoded by this process and always start with the id; a row without
-            // one (impossible) goes to the first shard, where ClickHouse refuses it.
-            let shard = row_id(row).map_or(0, |id| self.shard_of(id));
-            starts[shard].push(data[shard].len() as u32);
-            data[shard].extend_from_slice(row);
-        }
-        data.into_iter()
-            .zip(starts)
-            .map(|(data, starts)| Block {
-                data: data.into(),
-                starts,
-            })
-            .collect()
     }
 }
 
@@ -288,22 +255,6 @@ async fn local_shard(client: &Client, url: &str, cluster: &str) -> Result<usize,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::{decode_row, encode_event_row};
-    use ess_core::schema::EventRow;
-
-    fn row(id: Uuid, n: i64) -> EventRow {
-        EventRow {
-            id,
-            kind: "t".into(),
-            source: "s".into(),
-            event_time: n,
-            ingest_time: n,
-            store_time: n,
-            properties: "{}".into(),
-            kafka_partition: 0,
-            kafka_offset: n,
-        }
-    }
 
     #[test]
     fn weights_become_slots_in_shard_order() {
@@ -335,31 +286,5 @@ mod tests {
             assert_eq!(two.shard_of(id), (hash % 2) as usize, "{text}");
             assert_eq!(three.shard_of(id), [0, 0, 1][(hash % 3) as usize], "{text}");
         }
-    }
-
-    #[test]
-    fn split_keeps_every_row_once_in_order_and_on_its_shard() {
-        let two = Sharding::from_weights(&[1, 1]).unwrap();
-        let mut block = Block::default();
-        let mut data = Vec::new();
-        for n in 0..1000 {
-            block.starts.push(data.len() as u32);
-            encode_event_row(&mut data, &row(Uuid::new_v4(), n));
-        }
-        block.data = data.into();
-        let parts = two.split(&block);
-        assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0].len() + parts[1].len(), 1000);
-        assert!(parts.iter().all(|p| p.len() > 400), "a fair split");
-        for (shard, part) in parts.iter().enumerate() {
-            let mut last = -1;
-            for i in 0..part.len() {
-                let r = decode_row(part.row(i)).expect("whole rows");
-                assert_eq!(two.shard_of(r.id), shard);
-                assert!(r.kafka_offset > last, "order kept");
-                last = r.kafka_offset;
-            }
-        }
-        assert_eq!(two.split(&block), parts, "deterministic");
     }
 }

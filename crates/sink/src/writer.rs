@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::batch::{Batch, Block, DeadLetter};
 use crate::classify::{Disposition, classify, code_name, error_code};
 use crate::encode::{decode_row, row_to_wire_json};
-use crate::shard::Layout;
+use crate::shard::{Layout, Sharding};
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +115,14 @@ impl Writer {
         }
     }
 
+    /// How the poll loop must split rows by shard as it encodes them (direct writes only).
+    pub fn sharding(&self) -> Option<Sharding> {
+        match &self.target.route {
+            Route::Shards(layout) => Some(layout.sharding.clone()),
+            Route::Distributed(_) => None,
+        }
+    }
+
     fn current(&self, batch: &Batch) -> bool {
         self.generation.load(Ordering::SeqCst) == batch.generation
     }
@@ -122,19 +130,14 @@ impl Writer {
     /// Stores one batch: rows (each shard's part concurrently), then dead letters.
     pub async fn write(&self, batch: Batch) -> Ack {
         let started = Instant::now();
-        let split;
-        let parts: Vec<(Option<usize>, &Block)> = match &self.target.route {
-            Route::Distributed(_) => vec![(None, &batch.block)],
-            Route::Shards(layout) => {
-                split = layout.sharding.split(&batch.block);
-                split
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, block)| !block.is_empty())
-                    .map(|(shard, block)| (Some(shard), block))
-                    .collect()
-            }
-        };
+        let direct = matches!(self.target.route, Route::Shards(_));
+        let parts: Vec<(Option<usize>, &Block)> = batch
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, block)| !block.is_empty())
+            .map(|(shard, block)| (direct.then_some(shard), block))
+            .collect();
         let written = futures::future::join_all(
             parts
                 .iter()
@@ -157,7 +160,7 @@ impl Writer {
             metrics::counter!("ess_sink_rows_total").increment(batch.rows() as u64);
             metrics::counter!("ess_sink_batches_total").increment(1);
             metrics::histogram!("ess_sink_batch_rows").record(batch.rows() as f64);
-            metrics::histogram!("ess_sink_batch_bytes").record(batch.block.data.len() as f64);
+            metrics::histogram!("ess_sink_batch_bytes").record(batch.bytes() as f64);
             metrics::histogram!("ess_sink_batch_seconds").record(started.elapsed().as_secs_f64());
             let e2e = metrics::histogram!("ess_sink_e2e_seconds");
             for &t in &batch.ingest_times {
@@ -458,7 +461,7 @@ mod tests {
         let batch = Batch {
             id: 7,
             generation: 1,
-            block: Block::default(),
+            parts: vec![],
             ingest_times: vec![],
             ranges: [(3, (0, 1)), (11, (5, 9))].into_iter().collect(),
             dead: vec![],

@@ -229,7 +229,10 @@ async fn both_write_paths_put_every_row_on_the_shard_clickhouse_chooses() {
         .await;
         for (url, shard, rows, misplaced) in nodes {
             assert_eq!(misplaced, 0, "{path:?}: rows on the wrong shard at {url}");
-            assert!(rows > 2_000, "{path:?}: shard {shard} holds only {rows} rows");
+            assert!(
+                rows > 2_000,
+                "{path:?}: shard {shard} holds only {rows} rows"
+            );
         }
         eph.cleanup().await;
     }
