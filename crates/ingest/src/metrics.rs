@@ -4,13 +4,21 @@
 //! installed (tests run many servers in one process, and other components may install their
 //! own global recorder) and the hot path does no lookups.
 
+use std::sync::Arc;
+
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use rdkafka::statistics::Statistics;
 
 const REQUESTS: &str = "ess_ingest_requests_total";
 const ACCEPTED: &str = "ess_ingest_events_accepted_total";
 const QUEUE: &str = "ess_ingest_producer_queue_depth";
 const LATENCY: &str = "ess_ingest_produce_latency_seconds";
+const BROKER_RTT: &str = "ess_ingest_broker_rtt_seconds";
+const QUEUE_LATENCY: &str = "ess_ingest_producer_queue_latency_seconds";
+const BATCH_EVENTS: &str = "ess_ingest_produce_batch_events";
 
 /// Statuses counted under their own label; any other is counted as `other`.
 const STATUSES: [u16; 13] = [
@@ -25,6 +33,7 @@ const BUCKETS: [f64; 16] = [
 
 /// The server's metrics.
 pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     requests: [Counter; STATUSES.len()],
     other: Counter,
@@ -71,6 +80,22 @@ impl Metrics {
             Some(Unit::Seconds),
             "Time from handing a request's events to the producer until the broker's last acknowledgement".into(),
         );
+        recorder.describe_gauge(
+            BROKER_RTT.into(),
+            Some(Unit::Seconds),
+            "Produce request round trip per broker, over librdkafka's last statistics window"
+                .into(),
+        );
+        recorder.describe_gauge(
+            QUEUE_LATENCY.into(),
+            Some(Unit::Seconds),
+            "Time a message waits in the producer before its request is sent (linger included), per broker, over librdkafka's last statistics window".into(),
+        );
+        recorder.describe_gauge(
+            BATCH_EVENTS.into(),
+            None,
+            "Average events per produce batch over librdkafka's last statistics window".into(),
+        );
         let status = |value: String| {
             recorder.register_counter(
                 &Key::from_parts(REQUESTS, vec![Label::new("status", value)]),
@@ -84,6 +109,15 @@ impl Metrics {
             queue_depth: recorder.register_gauge(&Key::from_static_name(QUEUE), &META),
             produce_latency: recorder.register_histogram(&Key::from_static_name(LATENCY), &META),
             handle: recorder.handle(),
+            recorder: Arc::new(recorder),
+        }
+    }
+
+    /// What the producer's statistics callback writes to.
+    pub fn producer_stats(&self, topic: &str) -> ProducerStats {
+        ProducerStats {
+            recorder: Arc::clone(&self.recorder),
+            topic: topic.to_owned(),
         }
     }
 
@@ -104,6 +138,55 @@ impl Metrics {
     /// samples do not pile up between scrapes).
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+/// Turns librdkafka's periodic statistics into gauges: where produce latency goes (waiting in
+/// the producer vs. the broker's round trip) and how many events each produce request carries.
+#[derive(Clone)]
+pub struct ProducerStats {
+    recorder: Arc<PrometheusRecorder>,
+    topic: String,
+}
+
+impl std::fmt::Debug for ProducerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducerStats")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProducerStats {
+    /// Records one statistics report. Windows with no samples leave their gauges as they were.
+    pub fn record(&self, statistics: &Statistics) {
+        for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+            let windows = [
+                (BROKER_RTT, broker.rtt.as_ref()),
+                (QUEUE_LATENCY, broker.int_latency.as_ref()),
+            ];
+            for (name, window) in windows {
+                let Some(window) = window.filter(|w| w.cnt > 0) else {
+                    continue;
+                };
+                for (quantile, value) in [("0.5", window.p50), ("0.99", window.p99)] {
+                    let labels = vec![
+                        Label::new("broker", broker.name.clone()),
+                        Label::new("quantile", quantile),
+                    ];
+                    self.recorder
+                        .register_gauge(&Key::from_parts(name, labels), &META)
+                        .set(value as f64 / 1e6);
+                }
+            }
+        }
+        if let Some(topic) = statistics.topics.get(&self.topic)
+            && topic.batchcnt.cnt > 0
+        {
+            self.recorder
+                .register_gauge(&Key::from_static_name(BATCH_EVENTS), &META)
+                .set(topic.batchcnt.avg as f64);
+        }
     }
 }
 

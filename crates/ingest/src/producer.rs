@@ -14,10 +14,13 @@ use std::time::Duration;
 
 use ess_core::config::Config;
 use futures::future::{MaybeDone, maybe_done};
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
+
+use crate::metrics::ProducerStats;
 
 /// Header telling consumers the version of the message value's shape.
 pub const SCHEMA_HEADER: &str = "ess-schema";
@@ -26,6 +29,20 @@ pub const SCHEMA_VERSION: &str = "1";
 
 /// Extra time a request waits past `message.timeout.ms` for librdkafka's verdict.
 const VERDICT_GRACE: Duration = Duration::from_millis(500);
+/// How often librdkafka reports its statistics (`[ingest.producer]` may override it).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+type FutureProducer = rdkafka::producer::FutureProducer<IngestContext>;
+
+/// The producer's context: feeds librdkafka's statistics to the metrics.
+#[derive(Clone)]
+struct IngestContext(ProducerStats);
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        self.0.record(&statistics);
+    }
+}
 
 /// The producer and its topic.
 ///
@@ -36,6 +53,7 @@ const VERDICT_GRACE: Duration = Duration::from_millis(500);
 pub struct Producer {
     inner: Arc<RwLock<FutureProducer>>,
     client: Arc<ClientConfig>,
+    context: IngestContext,
     topic: String,
     wait: Duration,
     /// Requests in a row that got no acknowledgement at all.
@@ -88,8 +106,8 @@ pub enum EnqueueError {
 }
 
 impl Producer {
-    /// Creates the producer from `[kafka]` and `[ingest]`.
-    pub fn new(config: &Config) -> Result<Self, KafkaError> {
+    /// Creates the producer from `[kafka]` and `[ingest]`; its statistics go to `stats`.
+    pub fn new(config: &Config, stats: ProducerStats) -> Result<Self, KafkaError> {
         let ingest = &config.ingest;
         let mut client = ess_core::kafka::client_config(&config.kafka);
         let timeout_ms = ingest.produce_timeout.as_millis().min(u128::from(u32::MAX));
@@ -109,13 +127,16 @@ impl Producer {
             )
             .set("message.timeout.ms", timeout_ms.to_string())
             .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
-            .set("socket.keepalive.enable", "true");
+            .set("socket.keepalive.enable", "true")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         for (key, value) in &ingest.producer {
             client.set(key, value);
         }
+        let context = IngestContext(stats);
         Ok(Self {
-            inner: Arc::new(RwLock::new(client.create()?)),
+            inner: Arc::new(RwLock::new(client.create_with_context(context.clone())?)),
             client: Arc::new(client),
+            context,
             topic: config.kafka.topic.clone(),
             wait: ingest.produce_timeout + VERDICT_GRACE,
             failing: Arc::new(AtomicU64::new(0)),
@@ -132,7 +153,7 @@ impl Producer {
     /// Replaces the librdkafka producer with a fresh one. Deliveries pending on the old one
     /// still get their verdict.
     pub fn rebuild(&self) -> Result<(), KafkaError> {
-        let fresh: FutureProducer = self.client.create()?;
+        let fresh: FutureProducer = self.client.create_with_context(self.context.clone())?;
         let old = {
             let mut guard = match self.inner.write() {
                 Ok(guard) => guard,

@@ -50,6 +50,8 @@ impl AppState {
     /// Builds the state; the producer is created but the broker is not contacted yet.
     pub fn new(config: &Config) -> Result<Self, crate::Error> {
         let ingest = &config.ingest;
+        let metrics = Metrics::new();
+        let stats = metrics.producer_stats(&config.kafka.topic);
         Ok(Self {
             config: ingest.clone(),
             limits: Limits {
@@ -59,8 +61,8 @@ impl AppState {
                 max_batch_events: ingest.max_batch_events,
             },
             keys: Keys::new(ingest.auth, &ingest.api_keys),
-            producer: Producer::new(config).map_err(crate::Error::Producer)?,
-            metrics: Metrics::new(),
+            producer: Producer::new(config, stats).map_err(crate::Error::Producer)?,
+            metrics,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             empty_properties: RawValue::from_string("{}".to_owned())

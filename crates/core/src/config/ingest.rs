@@ -68,9 +68,11 @@ pub struct IngestConfig {
     /// How long shutdown waits for the producer to flush.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// Producer `linger.ms`. Small: with a fixed number of client connections every
-    /// millisecond of linger is latency, and throughput is connections / latency.
-    pub linger_ms: u32,
+    /// Producer `linger.ms` (fractions allowed). Small: with a fixed number of client
+    /// connections every millisecond of linger is latency, and throughput is connections /
+    /// latency. librdkafka's broker thread sleeps in whole milliseconds, so 1 can mean up to
+    /// 2 ms of waiting and a value below 1 up to 1 ms.
+    pub linger_ms: f64,
     /// Producer compression codec (`lz4`, `zstd`, `snappy`, `gzip`, `none`).
     pub compression: String,
     /// Most messages waiting in the producer queue; beyond it requests get 503.
@@ -102,7 +104,7 @@ impl Default for IngestConfig {
             max_depth: 32,
             produce_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
-            linger_ms: 1,
+            linger_ms: 0.4,
             compression: "lz4".into(),
             queue_max_messages: 100_000,
             queue_max_kbytes: 32 * 1024,
@@ -167,6 +169,12 @@ impl IngestConfig {
             return Err(value_error(
                 "ingest.queue_max_messages",
                 "queue_max_messages and queue_max_kbytes must be positive",
+            ));
+        }
+        if !(0.0..=900_000.0).contains(&self.linger_ms) {
+            return Err(value_error(
+                "ingest.linger_ms",
+                "must be between 0 and 900000 (milliseconds)",
             ));
         }
         if self.max_batch_events == 0 {

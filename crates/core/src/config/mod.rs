@@ -441,6 +441,16 @@ mod tests {
         assert!(err.to_string().contains("clickhouse.database"), "{err}");
     }
 
+    #[test]
+    fn linger_takes_fractions_and_whole_numbers() {
+        let c = Config::load_from(None, &[], &["ingest.linger_ms=0.25".into()]).unwrap();
+        assert_eq!(c.ingest.linger_ms, 0.25);
+        let c = Config::load_from(None, &[], &["ingest.linger_ms=2".into()]).unwrap();
+        assert_eq!(c.ingest.linger_ms, 2.0);
+        let err = Config::load_from(None, &[], &["ingest.linger_ms=-1".into()]).unwrap_err();
+        assert!(err.to_string().contains("ingest.linger_ms"), "{err}");
+    }
+
     fn tempfile_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ess-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -248,7 +248,11 @@ async fn graceful_shutdown_loses_no_acknowledged_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
     let eph = Ephemeral::new(1).await;
-    let config = with_keys(eph.config.clone());
+    let mut config = with_keys(eph.config.clone());
+    config
+        .ingest
+        .producer
+        .insert("statistics.interval.ms".into(), "100".into());
     let (server, client) = Server::ready(config).await;
     assert_eq!(client.get("/healthz").await.status, 200);
     assert_eq!(client.get("/readyz").await.json()["status"], "ready");
@@ -266,6 +270,31 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    // librdkafka's statistics: the broker's round trip and events per produce request.
+    let gauge = |text: &str, prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let mut text = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = String::from_utf8_lossy(&client.get("/metrics").await.body).into_owned();
+        if gauge(&text, "ess_ingest_produce_batch_events ").is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        gauge(&text, "ess_ingest_produce_batch_events "),
+        Some(1.0),
+        "{text}"
+    );
+    let rtt = gauge(&text, "ess_ingest_broker_rtt_seconds{").expect("broker rtt gauge");
+    assert!(rtt > 0.0 && rtt < 5.0, "round trip {rtt} s in\n{text}");
+    assert!(
+        text.contains("ess_ingest_producer_queue_latency_seconds{"),
+        "{text}"
+    );
     server.stop().await;
     eph.cleanup().await;
 }
@@ -276,7 +305,7 @@ async fn a_full_producer_queue_is_a_503_with_per_event_results() {
     let mut config = with_keys(eph.config.clone());
     config.ingest.queue_max_messages = 2;
     // Hold messages in the queue so the third one finds it full.
-    config.ingest.linger_ms = 200;
+    config.ingest.linger_ms = 200.0;
     let (server, client) = Server::ready(config.clone()).await;
     let body: Vec<String> = (0..5)
         .map(|i| format!(r#"{{"type":"q","properties":{{"i":{i}}}}}"#))
