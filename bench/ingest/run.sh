@@ -5,9 +5,10 @@
 # Starts nginx and one ess ingest per topic itself, on their own ports, and stops them at the
 # end; creates (and deletes) its own topics. Nothing else is touched.
 #
-# The single-event run is repeated for each partition count in PARTITIONS: librdkafka sends one
-# produce request per partition, so the count decides how many events each request carries
-# and how much the broker works per event. The batch run uses the first count. After each run
+# Both runs (single events, batches of 100) are repeated for each partition count in
+# PARTITIONS, each on a new topic: librdkafka sends one produce request per partition, so the
+# count decides how many events each request carries and how much the broker works per event.
+# After each run
 # the table shows librdkafka's own view of that producer: events per produce request and the
 # broker's median round trip (from ingest's /metrics).
 #
@@ -67,7 +68,7 @@ INGEST_PID=
 
 # start_ingest PARTITIONS: a new topic and an ess ingest on it; sets INGEST_PID.
 start_ingest() {
-  local topic="bench.ingest.$(date +%s).p$1"
+  local topic="bench.ingest.$(date +%s%N).p$1"
   TOPICS+=("$topic")
   "$ESS_TANSU" topic create "$topic" --partitions "$1" --broker "tcp://$BROKERS" >/dev/null
   cat >"$TMP/ess.toml" <<TOML
@@ -127,18 +128,17 @@ run() {
 NGINX_RPS=$(run nginx-ceiling event.lua "http://127.0.0.1:$NGINX_PORT/v1/events" "$CONNECTIONS")
 NAMES=(nginx-ceiling)
 MEMORY=()
-FIRST=
 for parts in $PARTITIONS; do
   start_ingest "$parts"
   rps=$(run "ingest-single-${parts}p" event.lua "http://127.0.0.1:$INGEST_PORT/v1/events" "$CONNECTIONS" ingest)
   NAMES+=("ingest-single-${parts}p")
-  RATIOS+=("$(awk -v i="$rps" -v n="$NGINX_RPS" -v p="$parts" 'BEGIN {printf "ingest / nginx ceiling (single event, %d partitions): %.2f", p, i / n}')")
-  if [ -z "$FIRST" ]; then
-    FIRST=$parts
-    run "ingest-batch-100-${parts}p" batch.lua "http://127.0.0.1:$INGEST_PORT/v1/events/batch" "$BATCH_CONNECTIONS" ingest >/dev/null
-    NAMES+=("ingest-batch-100-${parts}p")
-  fi
-  stop_ingest "$parts partitions"
+  RATIOS+=("$(awk -v i="$rps" -v n="$NGINX_RPS" -v p="$parts" 'BEGIN {printf "ingest / nginx ceiling (single event, partitions: %d): %.2f", p, i / n}')")
+  stop_ingest "single events, partitions: $parts"
+  # The broker slows down as a topic grows: the batch run gets a fresh topic too.
+  start_ingest "$parts"
+  run "ingest-batch-100-${parts}p" batch.lua "http://127.0.0.1:$INGEST_PORT/v1/events/batch" "$BATCH_CONNECTIONS" ingest >/dev/null
+  NAMES+=("ingest-batch-100-${parts}p")
+  stop_ingest "batches of 100, partitions: $parts"
 done
 
 ROWS=()
@@ -173,6 +173,6 @@ printf '%-22s %6s %12s %12s %9s %9s %7s %10s %11s %10s\n' run conns "requests/s"
 for row in "${ROWS[@]}"; do echo "$row"; done
 for ratio in "${RATIOS[@]}"; do echo "$ratio"; done
 echo "events acknowledged by ingest (incl. warm-ups): $ACCEPTED"
-for memory in "${MEMORY[@]}"; do echo "ingest with $memory"; done
+for memory in "${MEMORY[@]}"; do echo "ingest, $memory"; done
 echo "CPU-µs/ev: ingest's CPU time per event; events/req and broker-rtt: librdkafka's average events"
 echo "per produce request and median produce round trip over its last 5 s statistics window"
