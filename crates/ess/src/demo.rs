@@ -301,6 +301,11 @@ fn machine() -> String {
 /// Runs the demo; returns whether the verification passed.
 pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<bool> {
     let run = args.run.unwrap_or_else(RunId::random);
+    // Each run's sinks form a consumer group of their own. Where a sink starts reading comes
+    // from what ClickHouse holds (reconciliation), not from the group, so nothing is read
+    // twice; and on the local broker a group whose members have all left cannot always be
+    // joined again (the next run's sinks never got an assignment).
+    config.sink.group_id = format!("{}-{run}", config.sink.group_id);
     config.stack.state_dir = ess_stack::process::absolute(&config.stack.state_dir);
     let state = config.stack.state_dir.clone();
     let dir = state.join("demo").join(run.to_string());
