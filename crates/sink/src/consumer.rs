@@ -64,6 +64,8 @@ struct State {
     reconciler: Reconciler,
     runtime: tokio::runtime::Handle,
     paused: bool,
+    /// Whether a row of another event at a read offset was reported (once per process).
+    warned_reuse: bool,
     health: Arc<Health>,
     revoke_timeout: Duration,
 }
@@ -366,27 +368,41 @@ impl State {
         let (p, offset) = (msg.partition(), msg.offset());
         match self.parts.get_mut(&p) {
             Some(Part::Ready(stored)) => {
-                if stored.contains(offset) {
-                    metrics::counter!("ess_sink_skipped_total").increment(1);
-                    self.builder.push_skip(p, offset, now);
-                    if offset % 4096 == 0 {
-                        stored.forget_below(offset);
+                let payload = msg.payload().unwrap_or_default();
+                match WireEvent::from_json(payload) {
+                    Ok(event) if stored.contains(offset, event.id) => {
+                        metrics::counter!("ess_sink_skipped_total").increment(1);
+                        self.builder.push_skip(p, offset, now);
                     }
-                } else {
-                    let payload = msg.payload().unwrap_or_default();
-                    match WireEvent::from_json(payload) {
-                        Ok(event) => self.builder.push_event(&event, p, offset, now),
-                        Err(e) => self.builder.push_dead(
-                            DeadLetter {
-                                partition: p,
-                                offset,
-                                key: msg.key().map(<[u8]>::to_vec),
-                                payload: payload.to_vec(),
-                                reason: format!("undecodable event: {e}"),
-                            },
-                            now,
-                        ),
+                    Ok(event) => {
+                        if stored.has_offset(offset) {
+                            metrics::counter!("ess_sink_offset_reused_total").increment(1);
+                            if !self.warned_reuse {
+                                self.warned_reuse = true;
+                                tracing::warn!(
+                                    partition = p,
+                                    offset,
+                                    "ClickHouse holds another event at this offset (the topic \
+                                     was created again?); storing this one too (further cases \
+                                     count in ess_sink_offset_reused_total)"
+                                );
+                            }
+                        }
+                        self.builder.push_event(&event, p, offset, now);
                     }
+                    Err(e) => self.builder.push_dead(
+                        DeadLetter {
+                            partition: p,
+                            offset,
+                            key: msg.key().map(<[u8]>::to_vec),
+                            payload: payload.to_vec(),
+                            reason: format!("undecodable event: {e}"),
+                        },
+                        now,
+                    ),
+                }
+                if offset % 4096 == 0 {
+                    stored.forget_below(offset);
                 }
             }
             Some(Part::Reconciling) => {
@@ -449,6 +465,7 @@ pub fn poll_loop(
         reconciler,
         runtime,
         paused: false,
+        warned_reuse: false,
         health: health.clone(),
         revoke_timeout: config.revoke_timeout,
     }));

@@ -1,7 +1,11 @@
 //! Reconciliation on assignment: which offsets past a partition's committed offset are already
 //! in ClickHouse, so that re-reading from the committed offset skips them.
 //!
-//! Every row carries `kafka_partition` and `kafka_offset`. When partitions are assigned, the
+//! Every row carries `kafka_partition` and `kafka_offset`. An offset counts as stored only
+//! together with the event id the row holds: a topic deleted and created again (or a broker
+//! that keeps topics in memory, restarted) numbers new events from 0, and rows of the earlier
+//! topic at those offsets are other events, which must not hide the new ones. When partitions
+//! are assigned, the
 //! sink first waits until no insert of a previous owner that names them (by query id) still
 //! runs on any node — the fence — and then asks every replica of every shard for the stored
 //! offsets at or past the committed ones, and takes the union: a row one replica has not
@@ -11,24 +15,33 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
+use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::writer::query_id_partitions;
 
-/// Offsets of one partition already stored at or past its committed offset, sorted.
+/// `(offset, event id)` of the rows of one partition stored at or past its committed offset,
+/// sorted. An offset may appear with several ids (rows of an earlier incarnation of the topic).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stored(Vec<i64>);
+pub struct Stored(Vec<(i64, Uuid)>);
 
 impl Stored {
-    /// From offsets in any order, with repeats.
-    pub fn new(mut offsets: Vec<i64>) -> Self {
-        offsets.sort_unstable();
-        offsets.dedup();
-        Self(offsets)
+    /// From rows in any order, with repeats.
+    pub fn new(mut rows: Vec<(i64, Uuid)>) -> Self {
+        rows.sort_unstable();
+        rows.dedup();
+        Self(rows)
     }
 
-    /// Whether `offset` is stored.
-    pub fn contains(&self, offset: i64) -> bool {
-        self.0.binary_search(&offset).is_ok()
+    /// Whether the event `id` read at `offset` is stored.
+    pub fn contains(&self, offset: i64, id: Uuid) -> bool {
+        self.0.binary_search(&(offset, id)).is_ok()
+    }
+
+    /// Whether some row holds `offset` (whichever event).
+    pub fn has_offset(&self, offset: i64) -> bool {
+        let i = self.0.partition_point(|&(o, _)| o < offset);
+        self.0.get(i).is_some_and(|&(o, _)| o == offset)
     }
 
     /// How many.
@@ -43,11 +56,19 @@ impl Stored {
 
     /// Drops offsets below `offset` (already read past).
     pub fn forget_below(&mut self, offset: i64) {
-        let cut = self.0.partition_point(|&o| o < offset);
+        let cut = self.0.partition_point(|&(o, _)| o < offset);
         if cut > 0 {
             self.0.drain(..cut);
         }
     }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct StoredRow {
+    kafka_partition: i32,
+    kafka_offset: i64,
+    #[serde(with = "clickhouse::serde::uuid")]
+    id: Uuid,
 }
 
 /// Asks the nodes.
@@ -72,7 +93,7 @@ impl Reconciler {
         let deadline = Instant::now() + self.wait;
         self.fence(from, deadline).await;
         let mut answered = vec![false; self.nodes.len()];
-        let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        let mut offsets: BTreeMap<i32, Vec<(i64, Uuid)>> = BTreeMap::new();
         let mut delay = Duration::from_millis(100);
         loop {
             let pending: Vec<usize> = (0..self.nodes.len()).filter(|&i| !answered[i]).collect();
@@ -86,8 +107,11 @@ impl Reconciler {
                 match result {
                     Ok(rows) => {
                         answered[i] = true;
-                        for (p, o) in rows {
-                            offsets.entry(p).or_default().push(o);
+                        for row in rows {
+                            offsets
+                                .entry(row.kafka_partition)
+                                .or_default()
+                                .push((row.kafka_offset, row.id));
                         }
                     }
                     Err(e) => tracing::warn!(
@@ -120,17 +144,17 @@ impl Reconciler {
         &self,
         client: &Client,
         from: &BTreeMap<i32, i64>,
-    ) -> Result<Vec<(i32, i64)>, clickhouse::error::Error> {
+    ) -> Result<Vec<StoredRow>, clickhouse::error::Error> {
         let cond: Vec<String> = from
             .iter()
             .map(|(p, o)| format!("(kafka_partition = {p} AND kafka_offset >= {o})"))
             .collect();
         let sql = format!(
-            "SELECT kafka_partition, kafka_offset FROM {} WHERE {}",
+            "SELECT kafka_partition, kafka_offset, id FROM {} WHERE {}",
             self.local_table,
             cond.join(" OR ")
         );
-        client.query(&sql).fetch_all::<(i32, i64)>().await
+        client.query(&sql).fetch_all::<StoredRow>().await
     }
 
     /// Waits until no node runs an insert whose query id names one of these partitions, or
@@ -175,11 +199,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_offsets_are_a_sorted_set() {
-        let mut s = Stored::new(vec![9, 3, 5, 3, 7]);
-        assert_eq!(s.len(), 4);
-        assert!(s.contains(3) && s.contains(9) && !s.contains(4));
+    fn stored_rows_are_a_sorted_set_of_offset_and_id() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut s = Stored::new(vec![(9, a), (3, a), (5, a), (3, a), (7, a), (3, b)]);
+        assert_eq!(s.len(), 5);
+        assert!(s.contains(3, a) && s.contains(3, b) && s.contains(9, a));
+        assert!(!s.contains(4, a), "offset not stored");
+        assert!(!s.contains(9, b), "offset stored, but for another event");
+        assert!(s.has_offset(5) && !s.has_offset(6));
         s.forget_below(6);
-        assert_eq!(s, Stored(vec![7, 9]));
+        assert_eq!(s, Stored(vec![(7, a), (9, a)]));
     }
 }

@@ -76,6 +76,10 @@ fn describe() {
         "ess_sink_skipped_total",
         "Messages skipped because reconciliation found them stored"
     );
+    describe_counter!(
+        "ess_sink_offset_reused_total",
+        "Messages stored although ClickHouse held another event at their offset (topic created again)"
+    );
     describe_counter!("ess_sink_commits_total", "Offset commits");
     describe_histogram!("ess_sink_batch_rows", "Rows per stored batch");
     describe_histogram!("ess_sink_batch_bytes", "RowBinary bytes per stored batch");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ess_core::config::WritePath;
+use ess_core::config::{Config, WritePath};
 use ess_core::schema::EventRow;
 use ess_testkit::Ephemeral;
 use rdkafka::Message;
@@ -134,16 +134,67 @@ async fn rows_stored_but_not_committed_are_not_written_again() {
     // 0..300 of partition 0 directly (the same events the topic holds), commit nothing.
     let eph = Ephemeral::new(1).await;
     let config = test_config(eph.config.clone());
-    let producer = producer(&config);
+    let events = produce_to_partition_0(&config, 1_000).await;
+    insert_at_offsets(&eph, &config, &events[..300]).await;
+
+    let sink = InProcess::start(&config).await;
+    assert_eq!(
+        wait_for_rows(&config, 1_000, Duration::from_secs(60)).await,
+        (1_000, 1_000)
+    );
+    sink.stop().await.expect("stop");
+    assert_eq!(
+        counts(&config).await,
+        (1_000, 1_000),
+        "nothing written twice"
+    );
+    eph.cleanup().await;
+}
+
+#[tokio::test]
+async fn rows_of_an_earlier_topic_at_the_same_offsets_do_not_hide_new_events() {
+    // The topic was deleted and created again (or the broker keeps topics in memory and
+    // restarted): its offsets start at 0 again while the table still holds the earlier topic's
+    // rows at offsets 0..300 of partition 0. Those are other events; every new one is stored.
+    let eph = Ephemeral::new(1).await;
+    let config = test_config(eph.config.clone());
+    let earlier: Vec<Vec<u8>> = (0..300u64).map(|i| event_json(i).1).collect();
+    insert_at_offsets(&eph, &config, &earlier).await;
+    produce_to_partition_0(&config, 1_000).await;
+
+    let sink = InProcess::start(&config).await;
+    assert_eq!(
+        wait_for_rows(&config, 1_300, Duration::from_secs(60)).await,
+        (1_300, 1_300)
+    );
+    sink.stop().await.expect("stop");
+    assert_eq!(
+        committed_total(&config, 1),
+        1_000,
+        "every new offset committed"
+    );
+    assert_eq!(counts(&config).await, (1_300, 1_300));
+    eph.cleanup().await;
+}
+
+/// Produces `n` events to partition 0 in order (offsets 0..n) and returns their JSON.
+async fn produce_to_partition_0(config: &Config, n: u64) -> Vec<Vec<u8>> {
+    let producer = producer(config);
     let mut events = Vec::new();
-    for i in 0..1_000u64 {
+    for i in 0..n {
         let (id, json) = event_json(i);
-        produce_raw(&config, &producer, 0, &id.to_string(), &json).await;
+        produce_raw(config, &producer, 0, &id.to_string(), &json).await;
         events.push(json);
     }
+    events
+}
+
+/// Inserts `events` as rows of partition 0 at offsets 0.. (as a sink would have), without
+/// committing anything, and waits until every shard shows them.
+async fn insert_at_offsets(eph: &Ephemeral, config: &Config, events: &[Vec<u8>]) {
     let client = eph.client(&config.clickhouse.url).await;
     let mut data = Vec::new();
-    for (offset, json) in events.iter().enumerate().take(300) {
+    for (offset, json) in events.iter().enumerate() {
         let event = ess_core::event::WireEvent::from_json(json).expect("json");
         ess_sink::encode::encode_row(&mut data, &event, 1, 0, offset as i64);
     }
@@ -158,23 +209,11 @@ async fn rows_stored_but_not_committed_are_not_written_again() {
     insert.send(data.into()).await.expect("send");
     insert.end().await.expect("insert");
     // The insert was acknowledged by one replica per shard; the other catches up shortly.
+    let n = events.len() as u64;
     assert_eq!(
-        wait_for_rows(&config, 300, Duration::from_secs(30)).await,
-        (300, 300)
+        wait_for_rows(config, n, Duration::from_secs(30)).await,
+        (n, n)
     );
-
-    let sink = InProcess::start(&config).await;
-    assert_eq!(
-        wait_for_rows(&config, 1_000, Duration::from_secs(60)).await,
-        (1_000, 1_000)
-    );
-    sink.stop().await.expect("stop");
-    assert_eq!(
-        counts(&config).await,
-        (1_000, 1_000),
-        "nothing written twice"
-    );
-    eph.cleanup().await;
 }
 
 #[tokio::test]
