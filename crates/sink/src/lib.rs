@@ -89,6 +89,10 @@ pub fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
             "heartbeat.interval.ms",
             sink.heartbeat_interval_ms.to_string(),
         )
+        // Many small fetches cost the broker more than the data they carry: with
+        // `fetch.min.bytes` 1 the local broker answered each with a few events and its CPU,
+        // not the sink, capped the whole pipeline (bench/results/sink.md).
+        .set("fetch.min.bytes", sink.fetch_min_bytes.to_string())
         .set("fetch.wait.max.ms", sink.fetch_wait_max_ms.to_string())
         // When a partition's prefetch queue is full librdkafka postpones its next fetch by
         // this much (default 1 s). The poll loop empties a full queue in a few milliseconds,

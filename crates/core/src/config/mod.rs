@@ -439,6 +439,8 @@ mod tests {
         assert!(err.to_string().contains("kafka.partitions"), "{err}");
         let err = Config::load_from(None, &[], &["clickhouse.database=a-b".into()]).unwrap_err();
         assert!(err.to_string().contains("clickhouse.database"), "{err}");
+        let err = Config::load_from(None, &[], &["sink.fetch_min_bytes=0".into()]).unwrap_err();
+        assert!(err.to_string().contains("sink.fetch_min_bytes"), "{err}");
     }
 
     #[test]

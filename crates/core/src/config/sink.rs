@@ -47,7 +47,11 @@ pub struct SinkConfig {
     pub session_timeout_ms: u32,
     /// Consumer `heartbeat.interval.ms`.
     pub heartbeat_interval_ms: u32,
-    /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch for new data.
+    /// Consumer `fetch.min.bytes`: how much data a fetch waits for (at most
+    /// `fetch_wait_max_ms`). Few large fetches instead of many small ones under load.
+    pub fetch_min_bytes: u32,
+    /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch for
+    /// `fetch_min_bytes` of new data.
     pub fetch_wait_max_ms: u32,
     /// First retry delay after a failed insert; doubles up to `retry_max_backoff`, with jitter.
     #[serde(with = "humantime_serde")]
@@ -83,7 +87,8 @@ impl Default for SinkConfig {
             queue_batches: 2,
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 1_000,
-            fetch_wait_max_ms: 10,
+            fetch_min_bytes: 1 << 20,
+            fetch_wait_max_ms: 200,
             retry_initial_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(10),
             revoke_timeout: Duration::from_secs(20),
@@ -109,6 +114,18 @@ impl SinkConfig {
         }
         if self.queue_batches == 0 {
             return Err(value_error("sink.queue_batches", "must be at least 1"));
+        }
+        if !(1..=100_000_000).contains(&self.fetch_min_bytes) {
+            return Err(value_error(
+                "sink.fetch_min_bytes",
+                "must be between 1 and 100000000",
+            ));
+        }
+        if self.fetch_wait_max_ms > 300_000 {
+            return Err(value_error(
+                "sink.fetch_wait_max_ms",
+                "must be at most 300000 (5 minutes)",
+            ));
         }
         if self.group_id.trim().is_empty() {
             return Err(value_error("sink.group_id", "must not be empty"));
