@@ -5,6 +5,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -40,6 +41,18 @@ pub async fn ensure_topic(
         Some(Err((_, code))) => Err(KafkaError::AdminOp(code)),
         None => Ok(false),
     }
+}
+
+/// How many partitions `name` has (0 when the broker does not know it). Blocking: call it
+/// from a blocking thread.
+pub fn partition_count(config: &KafkaConfig, name: &str) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = client_config(config).create()?;
+    let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == name && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32))
 }
 
 /// Deletes `name` (tests clean up with it).

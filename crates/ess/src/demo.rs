@@ -41,6 +41,12 @@ pub struct DemoArgs {
     /// Sink processes in the consumer group.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub sinks: u32,
+    /// Partitions of the events topic when the demo creates it (overrides `kafka.partitions`;
+    /// an existing topic keeps its own) [default: one per sink]. On the local broker every
+    /// partition's small produce batches are stored apart and serving fetches grows costlier
+    /// with them, so fewer partitions sustain a higher rate there (bench/results/sink.md).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=256))]
+    pub partitions: Option<i32>,
     /// How long to wait for the sinks to store every accepted event after the load.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -306,6 +312,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<bool> {
     // twice; and on the local broker a group whose members have all left cannot always be
     // joined again (the next run's sinks never got an assignment).
     config.sink.group_id = format!("{}-{run}", config.sink.group_id);
+    config.kafka.partitions = args.partitions.unwrap_or(args.sinks as i32);
     config.stack.state_dir = ess_stack::process::absolute(&config.stack.state_dir);
     let state = config.stack.state_dir.clone();
     let dir = state.join("demo").join(run.to_string());
@@ -363,6 +370,21 @@ async fn pipeline(
     let migrated = ess_core::migrate::run(config)
         .await
         .context("ess migrate")?;
+    // A topic that existed keeps its partitions; the sinks' group and the report follow it.
+    let mut config = config.clone();
+    let kafka = config.kafka.clone();
+    let actual =
+        tokio::task::spawn_blocking(move || ess_core::kafka::partition_count(&kafka, &kafka.topic))
+            .await?
+            .context("read the topic's partitions")?;
+    if actual > 0 && actual != config.kafka.partitions {
+        step(&format!(
+            "topic {} exists with {actual} partitions (asked for {}); using it as it is",
+            config.kafka.topic, config.kafka.partitions
+        ));
+        config.kafka.partitions = actual;
+    }
+    let config = &config;
     step(&format!(
         "migrated: ClickHouse {}, {}.{}, topic {} ({} partitions)",
         migrated.version.text,
