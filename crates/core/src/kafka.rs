@@ -5,7 +5,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -43,16 +43,30 @@ pub async fn ensure_topic(
     }
 }
 
-/// How many partitions `name` has (0 when the broker does not know it). Blocking: call it
-/// from a blocking thread.
-pub fn partition_count(config: &KafkaConfig, name: &str) -> Result<i32, KafkaError> {
-    let consumer: BaseConsumer = client_config(config).create()?;
-    let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
+/// The partition ids of `topic` as the broker reports them (empty when it does not know the
+/// topic). Blocking: call it from a blocking thread.
+pub fn partition_ids<C, X>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaError>
+where
+    C: Consumer<X>,
+    X: ConsumerContext,
+{
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     Ok(metadata
         .topics()
         .iter()
-        .find(|t| t.name() == name && t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32))
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
+/// How many partitions `name` has (0 when the broker does not know it). Blocking.
+pub fn partition_count(config: &KafkaConfig, name: &str) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = client_config(config).create()?;
+    Ok(partition_ids(&consumer, name, Duration::from_secs(10))?.len() as i32)
 }
 
 /// Deletes `name` (tests clean up with it).

@@ -45,13 +45,7 @@ impl LagProbe {
             .map(|p| p.clone())
             .unwrap_or_default();
         let partitions = if known.is_empty() {
-            let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
-            let found: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == self.topic)
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
+            let found = ess_core::kafka::partition_ids(&self.consumer, &self.topic, timeout)?;
             if let Ok(mut p) = self.partitions.lock() {
                 p.clone_from(&found);
             }

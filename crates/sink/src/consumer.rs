@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::batch::{Batch, Builder, DeadLetter, Limits};
 use crate::offsets::Tracker;
-use crate::reconcile::{Reconciler, Stored};
+use crate::reconcile::{Held, Reconciler, Stored};
 use crate::server::Health;
 use crate::shard::Sharding;
 use crate::writer::{Ack, Outcome};
@@ -364,29 +364,40 @@ impl State {
         }
     }
 
+    /// A message is stored although ClickHouse holds another event at its offset.
+    fn offset_reused(&mut self, partition: i32, offset: i64) {
+        metrics::counter!("ess_sink_offset_reused_total").increment(1);
+        if !self.warned_reuse {
+            self.warned_reuse = true;
+            tracing::warn!(
+                partition,
+                offset,
+                "ClickHouse holds another event at this offset (the topic was created again?); \
+                 storing this one too (further cases count in ess_sink_offset_reused_total)"
+            );
+        }
+    }
+
     fn on_message(&mut self, consumer: &Kafka, msg: &BorrowedMessage<'_>, now: Instant) {
         let (p, offset) = (msg.partition(), msg.offset());
         match self.parts.get_mut(&p) {
             Some(Part::Ready(stored)) => {
                 let payload = msg.payload().unwrap_or_default();
-                match WireEvent::from_json(payload) {
-                    Ok(event) if stored.contains(offset, event.id) => {
+                let decoded = WireEvent::from_json(payload);
+                let held = decoded
+                    .as_ref()
+                    .map_or(Held::Nothing, |e| stored.lookup(offset, e.id));
+                if offset % 4096 == 0 {
+                    stored.forget_below(offset);
+                }
+                match decoded {
+                    Ok(_) if held == Held::This => {
                         metrics::counter!("ess_sink_skipped_total").increment(1);
                         self.builder.push_skip(p, offset, now);
                     }
                     Ok(event) => {
-                        if stored.has_offset(offset) {
-                            metrics::counter!("ess_sink_offset_reused_total").increment(1);
-                            if !self.warned_reuse {
-                                self.warned_reuse = true;
-                                tracing::warn!(
-                                    partition = p,
-                                    offset,
-                                    "ClickHouse holds another event at this offset (the topic \
-                                     was created again?); storing this one too (further cases \
-                                     count in ess_sink_offset_reused_total)"
-                                );
-                            }
+                        if held == Held::Other {
+                            self.offset_reused(p, offset);
                         }
                         self.builder.push_event(&event, p, offset, now);
                     }
@@ -400,9 +411,6 @@ impl State {
                         },
                         now,
                     ),
-                }
-                if offset % 4096 == 0 {
-                    stored.forget_below(offset);
                 }
             }
             Some(Part::Reconciling) => {

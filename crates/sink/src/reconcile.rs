@@ -33,15 +33,18 @@ impl Stored {
         Self(rows)
     }
 
-    /// Whether the event `id` read at `offset` is stored.
-    pub fn contains(&self, offset: i64, id: Uuid) -> bool {
-        self.0.binary_search(&(offset, id)).is_ok()
-    }
-
-    /// Whether some row holds `offset` (whichever event).
-    pub fn has_offset(&self, offset: i64) -> bool {
+    /// What the table holds at `offset` for the event `id` read there.
+    pub fn lookup(&self, offset: i64, id: Uuid) -> Held {
         let i = self.0.partition_point(|&(o, _)| o < offset);
-        self.0.get(i).is_some_and(|&(o, _)| o == offset)
+        let rows = self.0[i..].iter().take_while(|&&(o, _)| o == offset);
+        let mut held = Held::Nothing;
+        for &(_, stored) in rows {
+            if stored == id {
+                return Held::This;
+            }
+            held = Held::Other;
+        }
+        held
     }
 
     /// How many.
@@ -69,6 +72,17 @@ struct StoredRow {
     kafka_offset: i64,
     #[serde(with = "clickhouse::serde::uuid")]
     id: Uuid,
+}
+
+/// What a partition's stored rows hold at one offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// No row.
+    Nothing,
+    /// The event read there: already stored.
+    This,
+    /// Only other events (an earlier topic of the same name).
+    Other,
 }
 
 /// Asks the nodes.
@@ -203,10 +217,15 @@ mod tests {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let mut s = Stored::new(vec![(9, a), (3, a), (5, a), (3, a), (7, a), (3, b)]);
         assert_eq!(s.len(), 5);
-        assert!(s.contains(3, a) && s.contains(3, b) && s.contains(9, a));
-        assert!(!s.contains(4, a), "offset not stored");
-        assert!(!s.contains(9, b), "offset stored, but for another event");
-        assert!(s.has_offset(5) && !s.has_offset(6));
+        assert_eq!(s.lookup(3, a), Held::This);
+        assert_eq!(s.lookup(3, b), Held::This);
+        assert_eq!(s.lookup(9, a), Held::This);
+        assert_eq!(s.lookup(4, a), Held::Nothing, "offset not stored");
+        assert_eq!(
+            s.lookup(9, b),
+            Held::Other,
+            "offset stored, but for another event"
+        );
         s.forget_below(6);
         assert_eq!(s, Stored(vec![(7, a), (9, a)]));
     }

@@ -256,14 +256,8 @@ fn read_topic_blocking(brokers: &str, topic: &str, expect: usize) -> Vec<Record>
         .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    let partitions = ess_core::kafka::partition_ids(&consumer, topic, Duration::from_secs(10))
         .expect("metadata");
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
     assert!(!partitions.is_empty(), "topic {topic} has no partitions");
     let mut list = TopicPartitionList::new();
     for p in &partitions {
