@@ -2,11 +2,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ess_core::config::{BrokerBuild, Config, Profile};
+use ess_load::engine::DEFAULT_MAX_INFLIGHT;
+use ess_load::generator::GenSettings;
+use ess_load::plan::{self, Model, Plan};
+use ess_load::{LoadCommand, LoadOptions, RunId, VerifyCommand};
 use ess_stack::Stack;
+
+use crate::demo::DemoOptions;
 
 /// HTTP events → Kafka → ClickHouse, exactly once.
 #[derive(Debug, Parser)]
@@ -43,11 +50,11 @@ enum Command {
     /// Consume events from Kafka into ClickHouse.
     Sink,
     /// Generate load against an ingest endpoint.
-    Load(ess_load::LoadArgs),
+    Load(LoadArgs),
     /// Check a load run against ClickHouse: lost, duplicated, latency.
-    Verify(ess_load::VerifyArgs),
+    Verify(VerifyArgs),
     /// The whole pipeline on the local stack with a verified report.
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
     /// Print the effective configuration as TOML.
     Config,
 }
@@ -81,6 +88,226 @@ enum StackAction {
         /// Service name as `status` prints it.
         name: String,
     },
+}
+
+/// `ess load` flags.
+#[derive(Debug, Clone, clap::Args)]
+struct LoadArgs {
+    /// Base URL of the ingest server [default: load.target].
+    #[arg(long)]
+    target: Option<String>,
+    /// API key sent as `Authorization: Bearer …` [default: load.api_key].
+    #[arg(long, env = "ESS_LOAD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Open model: requests started per second, whatever the responses do.
+    #[arg(long, conflicts_with = "connections")]
+    rate: Option<f64>,
+    /// Closed model: connections, each sending its next request when the last one ends
+    /// [default: load.connections].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// k6-like stages `DURATION:TARGET,…` (target = requests/s with --rate or --open,
+    /// connections otherwise), ramped linearly from the previous target.
+    #[arg(long)]
+    stages: Option<String>,
+    /// Use the open model with --stages (the start rate is 0 unless --rate gives one).
+    #[arg(long)]
+    open: bool,
+    /// Stop after this long, e.g. `3m30s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many distinct events.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Events per request: 1 posts single events to /v1/events, more posts arrays to
+    /// /v1/events/batch [default: load.batch].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Per-request timeout [default: load.timeout].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Open model: most requests in flight.
+    #[arg(long, default_value_t = DEFAULT_MAX_INFLIGHT)]
+    max_inflight: usize,
+    /// Share of events (0..1) that re-send an earlier event (same id) to exercise dedup.
+    #[arg(long, default_value_t = 0.0)]
+    dup_ratio: f64,
+    /// Median size of an event's properties, bytes.
+    #[arg(long, default_value_t = GenSettings::default().median_props_bytes)]
+    props_bytes: u32,
+    /// Run id (12 hex digits) [default: random].
+    #[arg(long)]
+    run: Option<RunId>,
+    /// Where to write the run record [default: <stack.state_dir>/runs/<run>.json].
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Fail (exit 1) when more than this percentage of requests fail.
+    #[arg(long, default_value_t = 0.0)]
+    max_error_pct: f64,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// Run the generator on this many threads of its own [default: the shared runtime, one
+    /// thread per core]. `--threads 1` compares fairly with `wrk -t1`.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl LoadArgs {
+    /// The load these flags describe, with `config`'s defaults.
+    fn command(self, config: &Config) -> anyhow::Result<LoadCommand> {
+        let stages = match &self.stages {
+            Some(text) => plan::parse_stages(text)?,
+            None => Vec::new(),
+        };
+        let model = if self.rate.is_some() || self.open {
+            Model::Open
+        } else {
+            Model::Closed
+        };
+        let start = match model {
+            Model::Open => self.rate.unwrap_or(0.0),
+            Model::Closed if stages.is_empty() => {
+                self.connections.unwrap_or(config.load.connections) as f64
+            }
+            Model::Closed => self.connections.unwrap_or(0) as f64,
+        };
+        if stages.is_empty() && start <= 0.0 {
+            anyhow::bail!("nothing to send: give --rate, --connections or --stages");
+        }
+        if !(0.0..1.0).contains(&self.dup_ratio) {
+            anyhow::bail!("--dup-ratio must be in [0, 1)");
+        }
+        let duration = match (self.duration, self.events, stages.is_empty()) {
+            (None, None, true) => Some(Duration::from_secs(30)),
+            (d, _, _) => d,
+        };
+        let plan = Plan {
+            model,
+            start,
+            stages,
+        };
+        let run = self.run.unwrap_or_else(RunId::random);
+        let mut options = LoadOptions::new(&config.load, plan, run);
+        if let Some(target) = self.target {
+            options.target = target;
+        }
+        if let Some(key) = self.api_key {
+            options.api_key = Some(key).filter(|k| !k.is_empty());
+        }
+        options.batch = self.batch.unwrap_or(options.batch).max(1);
+        options.timeout = self.timeout.unwrap_or(options.timeout);
+        options.max_events = self.events;
+        options.duration = duration;
+        options.max_inflight = self.max_inflight;
+        options.generator.median_props_bytes = self.props_bytes.max(16);
+        options.generator.dup_ratio = self.dup_ratio;
+        options.progress = !self.quiet && !self.json;
+        Ok(LoadCommand {
+            options,
+            threads: self.threads,
+            record: self
+                .record
+                .unwrap_or_else(|| ess_load::record::default_path(&config.stack.state_dir, run)),
+            max_error_pct: self.max_error_pct,
+            json: self.json,
+        })
+    }
+}
+
+/// `ess verify` flags.
+#[derive(Debug, Clone, clap::Args)]
+struct VerifyArgs {
+    /// Run id printed by `ess load`.
+    #[arg(long, required_unless_present = "record")]
+    run: Option<RunId>,
+    /// The run record to check [default: <stack.state_dir>/runs/<run>.json].
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Wait up to this long for every accepted event to be stored and the replicas to agree.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// How many lost ids to list.
+    #[arg(long, default_value_t = 10)]
+    list: usize,
+    /// Print the verification as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl VerifyArgs {
+    fn command(self, config: &Config) -> anyhow::Result<VerifyCommand> {
+        let record = match (self.record, self.run) {
+            (Some(path), _) => path,
+            (None, Some(run)) => ess_load::record::default_path(&config.stack.state_dir, run),
+            (None, None) => anyhow::bail!("give --run or --record"),
+        };
+        Ok(VerifyCommand {
+            record,
+            wait: self.wait,
+            list: self.list,
+            json: self.json,
+        })
+    }
+}
+
+/// `ess demo` flags.
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Distinct events to send (the original stored 1,952,643).
+    #[arg(long, default_value_t = 1_952_643)]
+    events: u64,
+    /// Closed model: connections sending as fast as the pipeline answers (finds the rate this
+    /// machine sustains).
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Open model instead: requests started per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Events per request (1: single events, as the original sent).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Sink processes in the consumer group.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    sinks: u32,
+    /// Partitions of the events topic when the demo creates it (overrides `kafka.partitions`;
+    /// an existing topic keeps its own) [default: one per sink]. On the local broker every
+    /// partition's small produce batches are stored apart and serving fetches grows costlier
+    /// with them, so fewer partitions sustain a higher rate there (bench/results/sink.md).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=256))]
+    partitions: Option<i32>,
+    /// How long to wait for the sinks to store every accepted event after the load.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Leave ingest, the sinks and the stack running at the end.
+    #[arg(long)]
+    keep: bool,
+    /// Where to write the report [default: <stack.state_dir>/reports/<run>].
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// Run id (12 hex digits) [default: random].
+    #[arg(long)]
+    run: Option<RunId>,
+}
+
+impl DemoArgs {
+    fn options(self) -> DemoOptions {
+        DemoOptions {
+            events: self.events,
+            connections: self.connections,
+            rate: self.rate,
+            batch: self.batch,
+            sinks: self.sinks,
+            partitions: self.partitions,
+            drain_timeout: self.drain_timeout,
+            keep: self.keep,
+            report_dir: self.report_dir,
+            run: self.run,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -138,9 +365,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ess_sink::run(config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Load(args) => Ok(exit(ess_load::load(&config, args).await?)),
-        Command::Verify(args) => Ok(exit(ess_load::verify(&config, args).await?)),
-        Command::Demo(args) => Ok(exit(crate::demo::run(config, args).await?)),
+        Command::Load(args) => {
+            let command = args.command(&config)?;
+            Ok(exit(ess_load::load(command, shutdown_signal()).await?.ok))
+        }
+        Command::Verify(args) => {
+            let command = args.command(&config)?;
+            Ok(exit(
+                ess_load::verify(&config, command, shutdown_signal())
+                    .await?
+                    .ok,
+            ))
+        }
+        Command::Demo(args) => {
+            let options = args.options();
+            Ok(exit(
+                crate::demo::run(config, options, shutdown_signal()).await?,
+            ))
+        }
         Command::Config => {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)

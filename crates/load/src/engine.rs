@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ess_core::config::LoadConfig;
 use http_body_util::{BodyExt as _, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Request, Uri};
@@ -48,6 +49,30 @@ pub struct LoadOptions {
     pub run: RunId,
     /// Draw the live progress line on stderr.
     pub progress: bool,
+}
+
+/// Open model: most requests in flight unless the caller says otherwise.
+pub const DEFAULT_MAX_INFLIGHT: usize = 20_000;
+
+impl LoadOptions {
+    /// A run of `plan` with `config`'s target, API key, batch and timeout, the generator's
+    /// defaults and a progress line. It has no end until the caller sets `max_events` or
+    /// `duration` (or the plan has stages).
+    pub fn new(config: &LoadConfig, plan: Plan, run: RunId) -> Self {
+        Self {
+            target: config.target.clone(),
+            api_key: Some(config.api_key.clone()).filter(|k| !k.is_empty()),
+            plan,
+            batch: config.batch.max(1),
+            timeout: config.timeout,
+            max_events: None,
+            duration: None,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            generator: GenSettings::default(),
+            run,
+            progress: true,
+        }
+    }
 }
 
 /// Why the load could not start.

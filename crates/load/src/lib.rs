@@ -1,11 +1,22 @@
 //! `ess load`, `ess verify` and the run report: the load generator that proves a deployment,
 //! the verifier that checks what it stored, and the report that shows both.
 //!
+//! Both commands are library entries of one shape, like `ess ingest` and `ess sink`: a plain
+//! options struct ([`LoadCommand`], [`VerifyCommand`]) and a shutdown future. The flags that
+//! fill them live in the binary (`crates/ess/src/cli.rs`); `ess demo` calls the same entries.
+//!
+//! Errors: the entries return `anyhow::Error`, because what they report is a chain of
+//! unrelated failures (a file, ClickHouse, the broker, an HTTP target) read by a person at a
+//! terminal, never matched on. The one error a caller may act on, a load that cannot start,
+//! is the typed [`engine::LoadError`].
+//!
 //! # Layout
 //! - [`ids`]: run ids, event ids that encode (run, sequence), compact sequence sets.
 //! - [`generator`]: the realistic event generator (types, property sizes, re-sends).
 //! - [`plan`]: open and closed models, k6-like stages.
-//! - [`engine`]: the HTTP client, the open-model scheduler and the closed-model connections.
+//! - [`engine`]: the load options, the HTTP client, the open-model scheduler and the
+//!   closed-model connections.
+//! - [`http`]: a plain `GET` with the same client (readiness and metrics probes).
 //! - [`stats`]: HDR latency histograms, per-second timeline, progress line, the summary.
 //! - [`record`]: the run record `ess load` writes for `ess verify`.
 //! - [`verify`]: accepted vs stored vs unique, lost ids, replicas, end-to-end latency.
@@ -14,6 +25,7 @@
 
 pub mod engine;
 pub mod generator;
+pub mod http;
 pub mod ids;
 pub mod lag;
 pub mod plan;
@@ -22,6 +34,7 @@ pub mod report;
 pub mod stats;
 pub mod verify;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,163 +46,51 @@ pub use record::RunRecord;
 pub use stats::LoadSummary;
 pub use verify::{Verification, Verifier};
 
-/// `ess load` flags.
-#[derive(Debug, Clone, clap::Args)]
-pub struct LoadArgs {
-    /// Base URL of the ingest server [default: load.target].
-    #[arg(long)]
-    pub target: Option<String>,
-    /// API key sent as `Authorization: Bearer …` [default: load.api_key].
-    #[arg(long, env = "ESS_LOAD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Open model: requests started per second, whatever the responses do.
-    #[arg(long, conflicts_with = "connections")]
-    pub rate: Option<f64>,
-    /// Closed model: connections, each sending its next request when the last one ends
-    /// [default: load.connections].
-    #[arg(long)]
-    pub connections: Option<usize>,
-    /// k6-like stages `DURATION:TARGET,…` (target = requests/s with --rate or --open,
-    /// connections otherwise), ramped linearly from the previous target.
-    #[arg(long)]
-    pub stages: Option<String>,
-    /// Use the open model with --stages (the start rate is 0 unless --rate gives one).
-    #[arg(long)]
-    pub open: bool,
-    /// Stop after this long, e.g. `3m30s`.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Stop after this many distinct events.
-    #[arg(long)]
-    pub events: Option<u64>,
-    /// Events per request: 1 posts single events to /v1/events, more posts arrays to
-    /// /v1/events/batch [default: load.batch].
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Per-request timeout [default: load.timeout].
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
-    /// Open model: most requests in flight.
-    #[arg(long, default_value_t = 20_000)]
-    pub max_inflight: usize,
-    /// Share of events (0..1) that re-send an earlier event (same id) to exercise dedup.
-    #[arg(long, default_value_t = 0.0)]
-    pub dup_ratio: f64,
-    /// Median size of an event's properties, bytes.
-    #[arg(long, default_value_t = 160)]
-    pub props_bytes: u32,
-    /// Run id (12 hex digits) [default: random].
-    #[arg(long)]
-    pub run: Option<RunId>,
-    /// Where to write the run record [default: <stack.state_dir>/runs/<run>.json].
-    #[arg(long)]
-    pub record: Option<PathBuf>,
-    /// Fail (exit 1) when more than this percentage of requests fail.
-    #[arg(long, default_value_t = 0.0)]
-    pub max_error_pct: f64,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress line.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Run the generator on this many threads of its own [default: the shared runtime, one
-    /// thread per core]. `--threads 1` compares fairly with `wrk -t1`.
-    #[arg(long)]
+/// What `ess load` does: send the load, write the run record, report.
+#[derive(Debug, Clone)]
+pub struct LoadCommand {
+    /// The run itself.
+    pub options: LoadOptions,
+    /// Run the generator on this many threads of its own (`None`: the caller's runtime).
     pub threads: Option<usize>,
-}
-
-impl LoadArgs {
-    /// The load options these flags describe, with `config`'s defaults.
-    pub fn options(&self, config: &Config) -> anyhow::Result<LoadOptions> {
-        let stages = match &self.stages {
-            Some(text) => plan::parse_stages(text)?,
-            None => Vec::new(),
-        };
-        let open = self.rate.is_some() || self.open;
-        let model = if open {
-            plan::Model::Open
-        } else {
-            plan::Model::Closed
-        };
-        let start = match model {
-            plan::Model::Open if stages.is_empty() => self.rate.unwrap_or(0.0),
-            plan::Model::Open => self.rate.unwrap_or(0.0),
-            plan::Model::Closed if stages.is_empty() => {
-                self.connections.unwrap_or(config.load.connections) as f64
-            }
-            plan::Model::Closed => self.connections.unwrap_or(0) as f64,
-        };
-        if stages.is_empty() && start <= 0.0 {
-            anyhow::bail!("nothing to send: give --rate, --connections or --stages");
-        }
-        if !(0.0..1.0).contains(&self.dup_ratio) {
-            anyhow::bail!("--dup-ratio must be in [0, 1)");
-        }
-        let duration = match (self.duration, self.events, stages.is_empty()) {
-            (None, None, true) => Some(Duration::from_secs(30)),
-            (d, _, _) => d,
-        };
-        Ok(LoadOptions {
-            target: self
-                .target
-                .clone()
-                .unwrap_or_else(|| config.load.target.clone()),
-            api_key: self
-                .api_key
-                .clone()
-                .or_else(|| Some(config.load.api_key.clone()))
-                .filter(|k| !k.is_empty()),
-            plan: plan::Plan {
-                model,
-                start,
-                stages,
-            },
-            batch: self.batch.unwrap_or(config.load.batch).max(1),
-            timeout: self.timeout.unwrap_or(config.load.timeout),
-            max_events: self.events,
-            duration,
-            max_inflight: self.max_inflight,
-            generator: generator::GenSettings {
-                median_props_bytes: self.props_bytes.max(16),
-                dup_ratio: self.dup_ratio,
-                ..generator::GenSettings::default()
-            },
-            run: self.run.unwrap_or_else(RunId::random),
-            progress: !self.quiet && !self.json,
-        })
-    }
-}
-
-/// `ess verify` flags.
-#[derive(Debug, Clone, clap::Args)]
-pub struct VerifyArgs {
-    /// Run id printed by `ess load`.
-    #[arg(long, required_unless_present = "record")]
-    pub run: Option<RunId>,
-    /// The run record to check [default: <stack.state_dir>/runs/<run>.json].
-    #[arg(long)]
-    pub record: Option<PathBuf>,
-    /// Wait up to this long for every accepted event to be stored and the replicas to agree.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub wait: Duration,
-    /// How many lost ids to list.
-    #[arg(long, default_value_t = 10)]
-    pub list: usize,
-    /// Print the verification as JSON on stdout.
-    #[arg(long)]
+    /// Where to write the run record.
+    pub record: PathBuf,
+    /// The run fails when more than this percentage of requests fail.
+    pub max_error_pct: f64,
+    /// Print the summary as JSON on stdout instead of the text summary.
     pub json: bool,
 }
 
-/// Runs the load; returns whether the share of failed requests stayed within the limit.
-pub async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
-    let opts = args.options(config)?;
-    let run = opts.run;
-    if !args.json {
-        eprintln!("ess load: run {run} → {}", opts.target);
+/// What a load run left: its record (summary and accepted events), where that was written,
+/// and whether the run met its error limit.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The summary and the accepted sequence numbers.
+    pub record: RunRecord,
+    /// Where the record was written.
+    pub path: PathBuf,
+    /// Requests were sent, at most `max_error_pct` failed, and nothing interrupted the run.
+    pub ok: bool,
+}
+
+/// Runs the load until its plan ends or `shutdown` resolves; writes and prints the result.
+pub async fn load(
+    command: LoadCommand,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Loaded> {
+    let LoadCommand {
+        options,
+        threads,
+        record: path,
+        max_error_pct,
+        json,
+    } = command;
+    let run = options.run;
+    if !json {
+        eprintln!("ess load: run {run} → {}", options.target);
     }
-    let (summary, accepted) = match args.threads {
-        None => run_load(opts, ctrl_c()).await?,
+    let (summary, accepted) = match threads {
+        None => run_load(options, shutdown).await?,
         Some(threads) => {
             let runtime = if threads <= 1 {
                 tokio::runtime::Builder::new_current_thread()
@@ -201,46 +102,58 @@ pub async fn load(config: &Config, args: LoadArgs) -> anyhow::Result<bool> {
                     .enable_all()
                     .build()?
             };
-            tokio::task::spawn_blocking(move || runtime.block_on(run_load(opts, ctrl_c())))
+            tokio::task::spawn_blocking(move || runtime.block_on(run_load(options, shutdown)))
                 .await??
         }
     };
-    let path = args
-        .record
-        .clone()
-        .unwrap_or_else(|| record::default_path(&config.stack.state_dir, run));
-    RunRecord::new(summary.clone(), &accepted).write(&path)?;
-    let failed_pct = 100.0 - summary.success_pct;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    let record = RunRecord::new(summary, &accepted);
+    record.write(&path)?;
+    let summary = &record.summary;
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
     } else {
         print!("{}", summary.render());
         println!("  record ..........................: {}", path.display());
         println!("  verify with ....................: ess verify --run {run}");
     }
-    Ok(summary.requests > 0 && failed_pct <= args.max_error_pct && !summary.interrupted)
+    let failed_pct = 100.0 - summary.success_pct;
+    let ok = summary.requests > 0 && failed_pct <= max_error_pct && !summary.interrupted;
+    Ok(Loaded { record, path, ok })
 }
 
-/// Verifies a run; returns whether nothing was lost or duplicated.
-pub async fn verify(config: &Config, args: VerifyArgs) -> anyhow::Result<bool> {
-    let path = match (&args.record, args.run) {
-        (Some(p), _) => p.clone(),
-        (None, Some(run)) => record::default_path(&config.stack.state_dir, run),
-        (None, None) => anyhow::bail!("give --run or --record"),
+/// What `ess verify` does: check one run record against ClickHouse.
+#[derive(Debug, Clone)]
+pub struct VerifyCommand {
+    /// The run record written by `ess load`.
+    pub record: PathBuf,
+    /// Wait up to this long for every accepted event to be stored and the replicas to agree.
+    pub wait: Duration,
+    /// How many lost ids to list.
+    pub list: usize,
+    /// Print the verification as JSON on stdout instead of the text report.
+    pub json: bool,
+}
+
+/// Verifies a run and prints the verdict (its `ok` says whether nothing was lost or
+/// duplicated). Stops with an error when `shutdown` resolves first.
+pub async fn verify(
+    config: &Config,
+    command: VerifyCommand,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Verification> {
+    let work = async {
+        let record = RunRecord::read(&command.record)?;
+        let verifier = Verifier::connect(config).await?;
+        verifier.verify(&record, command.wait, command.list).await
     };
-    let record = RunRecord::read(&path)?;
-    let verifier = Verifier::connect(config).await?;
-    let v = verifier.verify(&record, args.wait, args.list).await?;
-    if args.json {
+    let v = tokio::select! {
+        v = work => v?,
+        _ = shutdown => anyhow::bail!("interrupted before the verification finished"),
+    };
+    if command.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", v.render());
     }
-    Ok(v.ok)
-}
-
-async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
+    Ok(v)
 }

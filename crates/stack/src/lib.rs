@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ess_core::config::{BrokerBuild, Profile, StackConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::process::{PidFile, absolute, port_in_use};
+use crate::process::{PidFile, absolute, log_tail, port_in_use};
 use crate::render::Node;
 
 /// Why the stack could not do what was asked.
@@ -558,11 +558,4 @@ pub fn broker_answers(brokers: &str) -> bool {
     consumer
         .and_then(|c| c.fetch_metadata(None, Duration::from_secs(2)))
         .is_ok_and(|m| !m.brokers().is_empty())
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines);
-    all[start..].join("\n")
 }

@@ -139,6 +139,14 @@ pub fn kill(pid_path: &Path) -> bool {
     true
 }
 
+/// The last `lines` lines of a process's log (empty when it cannot be read).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}
+
 /// Whether something listens on `127.0.0.1:port`.
 pub fn port_in_use(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
