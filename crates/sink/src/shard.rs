@@ -184,7 +184,7 @@ impl Layout {
     }
 }
 
-enum Probe {
+pub(crate) enum Probe {
     Fatal(LayoutError),
     Retry(String),
 }
@@ -233,7 +233,7 @@ async fn shape(
 }
 
 /// The shard index (0-based) this node holds.
-async fn local_shard(client: &Client, url: &str, cluster: &str) -> Result<usize, Probe> {
+pub(crate) async fn local_shard(client: &Client, url: &str, cluster: &str) -> Result<usize, Probe> {
     let shards: Vec<u32> = client
         .query(
             "SELECT DISTINCT shard_num FROM system.clusters WHERE cluster = ? AND is_local \
