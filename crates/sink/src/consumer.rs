@@ -335,6 +335,7 @@ impl State {
         self.epoch += 1;
         metrics::gauge!("ess_sink_assigned_partitions").set(0.0);
         metrics::gauge!("ess_sink_paused").set(0.0);
+        self.health.assigned.store(0, Ordering::Relaxed);
     }
 
     fn assign(&mut self, consumer: &Kafka, tpl: &TopicPartitionList) {
@@ -348,6 +349,9 @@ impl State {
         self.health.assignments.fetch_add(1, Ordering::Relaxed);
         self.assigned = true;
         metrics::gauge!("ess_sink_assigned_partitions").set(parts.len() as f64);
+        self.health
+            .assigned
+            .store(parts.len() as u64, Ordering::Relaxed);
         // A stall before the assignment leaves nothing of it to throw away.
         let _ = self.lease.take_stall();
         if parts.is_empty() {

@@ -162,9 +162,14 @@ pub async fn start(
             (url, client)
         })
         .collect();
-    match ess_core::clickhouse::server_version(&clients[0].1, &clients[0].0).await {
-        Ok(v) => tracing::info!(version = %v.text, "ClickHouse"),
-        Err(e) => tracing::warn!("ClickHouse does not answer yet (inserts will retry): {e}"),
+    let version = ess_core::clickhouse::server_version(&clients[0].1, &clients[0].0);
+    match tokio::time::timeout(ch.timeout, version).await {
+        Ok(Ok(v)) => tracing::info!(version = %v.text, "ClickHouse"),
+        Ok(Err(e)) => tracing::warn!("ClickHouse does not answer yet (inserts will retry): {e}"),
+        Err(_) => tracing::warn!(
+            "ClickHouse does not answer within {:?} (inserts will retry)",
+            ch.timeout
+        ),
     }
     // Dropping `stop_watch` (when the sink stops) ends the node watch.
     let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -294,7 +299,7 @@ async fn target(
                 clients,
                 &ch.cluster,
                 (&ch.database, &ch.table),
-                config.sink.reconcile_wait,
+                (config.sink.reconcile_wait, ch.timeout),
             )
             .await?;
             tracing::info!(
