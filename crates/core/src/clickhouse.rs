@@ -69,13 +69,32 @@ pub enum ClickHouseError {
     },
 }
 
-/// A client for `url` with the configured credentials, no database selected, validation on.
+/// A client for `url` with the configured credentials and connect timeout, no database
+/// selected, validation on. Response timeouts are per request (`clickhouse.timeout`): the
+/// caller applies them, since an insert's data may take longer to send than its answer.
 pub fn client(config: &ClickHouseConfig, url: &str) -> Client {
-    let mut client = Client::default().with_url(url).with_user(&config.user);
+    let mut client = with_connect_timeout(config)
+        .with_url(url)
+        .with_user(&config.user);
     if !config.password.is_empty() {
         client = client.with_password(&config.password);
     }
     client
+}
+
+/// A bare [`Client`] whose HTTP client has the `clickhouse` crate's own settings (keep-alive,
+/// a pool idle timeout below the server's 3 s) plus `clickhouse.connect_timeout`, so a node
+/// that does not accept connections fails fast instead of after the OS's minutes.
+fn with_connect_timeout(config: &ClickHouseConfig) -> Client {
+    use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+    let mut connector = HttpConnector::new();
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    Client::with_http_client(
+        HyperClient::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build(connector),
+    )
 }
 
 /// Asks the server its version.

@@ -31,9 +31,73 @@ pub struct Block {
     pub data: bytes::Bytes,
     /// Start of each row in `data`.
     pub starts: Vec<u32>,
+    /// The month (UTC) of each row's event time, as `year * 12 + month - 1`: the table is
+    /// partitioned by month.
+    pub months: Vec<i32>,
 }
 
 impl Block {
+    /// The number of distinct months the rows fall in.
+    pub fn month_count(&self) -> usize {
+        let mut months = self.months.clone();
+        months.sort_unstable();
+        months.dedup();
+        months.len()
+    }
+
+    /// Whether the rows fall in more than `max` distinct months (cheap for the usual one or
+    /// two).
+    pub fn spans_more_months_than(&self, max: usize) -> bool {
+        let mut seen: Vec<i32> = Vec::new();
+        let mut last = None;
+        for &m in &self.months {
+            if last == Some(m) {
+                continue;
+            }
+            last = Some(m);
+            if !seen.contains(&m) {
+                seen.push(m);
+                if seen.len() > max {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// This block as blocks of rows from at most `max` months each: months in ascending
+    /// order, `max` at a time, each block's rows in their original order. The same block
+    /// always splits the same way, so a retry resends identical blocks (which replicated
+    /// deduplication drops when the first attempt was stored). One block, this one, when it
+    /// spans no more than `max` months.
+    pub fn by_months(&self, max: usize) -> Vec<Block> {
+        let mut months = self.months.clone();
+        months.sort_unstable();
+        months.dedup();
+        let max = max.max(1);
+        if months.len() <= max {
+            return vec![self.clone()];
+        }
+        months
+            .chunks(max)
+            .map(|group| {
+                let (lo, hi) = (group[0], group[group.len() - 1]);
+                let mut data = Vec::new();
+                let mut out = Block::default();
+                for i in 0..self.len() {
+                    let month = self.months[i];
+                    if (lo..=hi).contains(&month) {
+                        out.starts.push(data.len() as u32);
+                        out.months.push(month);
+                        data.extend_from_slice(self.row(i));
+                    }
+                }
+                out.data = data.into();
+                out
+            })
+            .collect()
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.starts.len()
@@ -113,10 +177,13 @@ struct OpenPart {
     row_starts: Vec<u32>,
     /// Where each row's `store_time` goes.
     stamp_at: Vec<u32>,
+    months: Vec<i32>,
 }
 
 #[derive(Debug, Default)]
 struct Open {
+    /// The assignment generation when its first message was read.
+    generation: Option<u64>,
     parts: Vec<OpenPart>,
     rows: usize,
     bytes: usize,
@@ -180,10 +247,17 @@ impl Builder {
         let stamp = part.data.len() - tail;
         part.row_starts.push(start as u32);
         part.stamp_at.push(stamp as u32);
+        part.months.push(month_of(event.timestamp.0));
         open.rows += 1;
         open.bytes += part.data.len() - start;
         open.ingest_times.push(event.ingest_time.0);
         self.touch(partition, offset, now);
+    }
+
+    /// The assignment generation messages are read under now; the open batch keeps the one
+    /// its first message was read under.
+    pub fn note_generation(&mut self, generation: u64) {
+        self.open.generation.get_or_insert(generation);
     }
 
     /// Records an offset that produces no row (already stored, or a tombstone).
@@ -225,7 +299,8 @@ impl Builder {
         !self.is_empty() && (self.is_full() || self.deadline().is_some_and(|d| now >= d))
     }
 
-    /// Cuts the open batch, stamping `store_time` (ms) into every row.
+    /// Cuts the open batch, stamping `store_time` (ms) into every row. The batch belongs to
+    /// the generation noted for its first message, else `generation`.
     pub fn seal(&mut self, store_time: i64, generation: u64) -> Option<Batch> {
         if self.is_empty() {
             return None;
@@ -244,13 +319,14 @@ impl Builder {
                 Block {
                     data: bytes::Bytes::from(part.data),
                     starts: part.row_starts,
+                    months: part.months,
                 }
             })
             .collect();
         self.next_id += 1;
         Some(Batch {
             id: self.next_id,
-            generation,
+            generation: open.generation.unwrap_or(generation),
             parts,
             ingest_times: open.ingest_times,
             ranges: open.ranges,
@@ -263,6 +339,22 @@ impl Builder {
     pub fn discard(&mut self) {
         self.open = self.empty();
     }
+}
+
+/// The UTC month of `ms` since the epoch as `year * 12 + month - 1` (the proleptic Gregorian
+/// calendar, as ClickHouse's `toYYYYMM` in UTC).
+pub fn month_of(ms: i64) -> i32 {
+    // Howard Hinnant's days → civil date.
+    let days = ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year * 12 + month - 1) as i32
 }
 
 fn varint_len(mut n: usize) -> usize {
@@ -345,6 +437,63 @@ mod tests {
                 last = row.kafka_offset;
             }
         }
+    }
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        let month = |y: i32, m: i32| y * 12 + m - 1;
+        assert_eq!(month_of(0), month(1970, 1));
+        assert_eq!(month_of(-1), month(1969, 12));
+        // 2024-02-29T23:59:59.999Z and the next millisecond.
+        assert_eq!(month_of(1_709_251_199_999), month(2024, 2));
+        assert_eq!(month_of(1_709_251_200_000), month(2024, 3));
+        // 2000-12-31T23:59:59.999Z, 2100-03-01T00:00:00Z.
+        assert_eq!(month_of(978_307_199_999), month(2000, 12));
+        assert_eq!(month_of(4_107_542_400_000), month(2100, 3));
+    }
+
+    #[test]
+    fn a_block_over_many_months_splits_deterministically_by_month() {
+        let mut b = Builder::new(limits(10_000), None);
+        let now = Instant::now();
+        // 1,000 rows over 250 months, months interleaved.
+        let mut expected = Vec::new();
+        for i in 0..1000i64 {
+            let json = event_json(i as usize, 1);
+            let mut e = WireEvent::from_json(&json).unwrap();
+            let month = (i * 7) % 250;
+            e.timestamp = ess_core::event::Millis(month * 31 * 86_400_000 + i);
+            b.push_event(&e, 0, i, now);
+            expected.push(month_of(e.timestamp.0));
+        }
+        let batch = b.seal(1, 1).unwrap();
+        let block = &batch.parts[0];
+        assert_eq!(block.month_count(), 250);
+        assert!(block.spans_more_months_than(249) && !block.spans_more_months_than(250));
+        let split = block.by_months(50);
+        assert_eq!(split.len(), 5);
+        assert_eq!(split, block.by_months(50), "the same split every time");
+        let mut rows = 0;
+        let mut last_month = i32::MIN;
+        for part in &split {
+            assert!(part.month_count() <= 50);
+            let months: Vec<i32> = (0..part.len())
+                .map(|i| month_of(decode_row(part.row(i)).unwrap().event_time))
+                .collect();
+            assert_eq!(months, part.months);
+            assert!(
+                months.iter().all(|&m| m > last_month),
+                "months ascend over blocks"
+            );
+            last_month = *months.iter().max().unwrap();
+            let offsets: Vec<i64> = (0..part.len())
+                .map(|i| decode_row(part.row(i)).unwrap().kafka_offset)
+                .collect();
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "read order kept");
+            rows += part.len();
+        }
+        assert_eq!(rows, 1000);
+        assert_eq!(block.by_months(250), vec![block.clone()]);
     }
 
     #[test]

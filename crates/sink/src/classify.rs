@@ -16,6 +16,9 @@ pub enum Disposition {
     Retry,
     /// The data is refused: split the batch, dead-letter the refused rows.
     BadData,
+    /// The block touches more table partitions than the server takes in one insert
+    /// (`max_partitions_per_insert_block`, current servers): split it, losing nothing.
+    Split,
 }
 
 /// ClickHouse error codes that blame the inserted data.
@@ -76,6 +79,14 @@ pub fn error_code(error: &Error) -> Option<u32> {
 /// Retry or split.
 pub fn classify(error: &Error) -> Disposition {
     match error {
+        // Code 252 is both "too many parts" (merges are behind: wait) and "too many
+        // partitions for single INSERT block" (waiting never helps: split). Only the text
+        // tells them apart.
+        Error::BadResponse(text)
+            if error_code(error) == Some(252) && text.contains("Too many partitions") =>
+        {
+            Disposition::Split
+        }
         Error::BadResponse(_) => match error_code(error) {
             Some(code) if BAD_DATA.iter().any(|(c, _)| *c == code) => Disposition::BadData,
             _ => Disposition::Retry,
@@ -122,6 +133,18 @@ mod tests {
             classify(&Error::Network("Connection refused".into())),
             Disposition::Retry
         );
+    }
+
+    #[test]
+    fn too_many_partitions_is_split_but_too_many_parts_retried() {
+        let partitions = "Code: 252. DB::Exception: Too many partitions for single INSERT \
+                          block (more than 100). The limit is controlled by \
+                          'max_partitions_per_insert_block' setting. (TOO_MANY_PARTS)";
+        assert_eq!(classify(&server(partitions)), Disposition::Split);
+        let parts = "Code: 252. DB::Exception: Too many parts (3001 with average size of \
+                     9.31 KiB) in table 'ess.events_local'. Merges are processing \
+                     significantly slower than inserts. (TOO_MANY_PARTS)";
+        assert_eq!(classify(&server(parts)), Disposition::Retry);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::batch::{Batch, Builder, DeadLetter, Limits};
+use crate::lease::Lease;
 use crate::offsets::Tracker;
 use crate::reconcile::{Held, Reconciler, Stored};
 use crate::server::Health;
@@ -30,6 +31,8 @@ use crate::writer::{Ack, Outcome};
 /// Everything the poll loop needs.
 #[derive(Debug)]
 pub struct LoopConfig {
+    /// The consumer's librdkafka settings.
+    pub consumer: rdkafka::ClientConfig,
     /// The events topic.
     pub topic: String,
     /// Batch limits.
@@ -42,8 +45,34 @@ pub struct LoopConfig {
     pub shutdown_timeout: Duration,
 }
 
+/// What the poll loop shares with the rest of the sink.
+#[derive(Debug)]
+pub struct Links {
+    /// Sealed batches to the writer.
+    pub batches: mpsc::Sender<Batch>,
+    /// The writer's reports.
+    pub acks: std_mpsc::Receiver<Ack>,
+    /// The assignment generation.
+    pub generation: Arc<AtomicU64>,
+    /// The process's lease on its partitions.
+    pub lease: Arc<Lease>,
+    /// Reconciliation on assignment.
+    pub reconciler: Reconciler,
+    /// Where reconciliation runs.
+    pub runtime: tokio::runtime::Handle,
+    /// Liveness and readiness.
+    pub health: Arc<Health>,
+    /// Set when the sink must stop.
+    pub stop: Arc<AtomicBool>,
+}
+
 enum Part {
-    Reconciling,
+    /// Paused until reconciliation answers; reading starts again at `from` (the committed
+    /// offset), seeking there first when `seek` (the partition was read past it before).
+    Reconciling {
+        from: i64,
+        seek: bool,
+    },
     Ready(Stored),
 }
 
@@ -68,6 +97,7 @@ struct State {
     warned_reuse: bool,
     health: Arc<Health>,
     revoke_timeout: Duration,
+    lease: Arc<Lease>,
 }
 
 /// The consumer context: rebalance callbacks and statistics.
@@ -133,6 +163,37 @@ impl State {
             self.tracker.cut(batch.id, &batch.ranges);
             self.pending.push_back(batch);
         }
+    }
+
+    /// After a stall (see [`crate::lease`]) the group may have given this member's partitions
+    /// away: everything read before it was abandoned (the generation moved on), so throw it
+    /// away and reconcile the partitions librdkafka still says are ours, reading them again
+    /// from their committed offsets. If the group did move them, the revoke arriving next
+    /// supersedes this. Returns whether there was a stall.
+    fn check_stall(&mut self, consumer: &Kafka) -> bool {
+        if !self.lease.take_stall() {
+            return false;
+        }
+        self.pending.clear();
+        self.builder.discard();
+        self.tracker.forget_all();
+        self.parts.clear();
+        self.epoch += 1;
+        self.health.ready.store(false, Ordering::Relaxed);
+        let parts: Vec<i32> = consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::warn!(?parts, "after a stall: reconciling the assignment again");
+        if !parts.is_empty() {
+            self.reconcile(consumer, &parts, true);
+        }
+        true
     }
 
     /// Moves sealed batches into the writer's queue while it has room.
@@ -232,18 +293,36 @@ impl State {
             .iter()
             .map(|e| e.partition())
             .collect();
-        tracing::info!(
-            ?revoked,
-            "partitions revoked; storing and committing in-flight batches"
-        );
+        if !revoked.is_empty() {
+            self.health.revocations.fetch_add(1, Ordering::Relaxed);
+        }
         self.health.ready.store(false, Ordering::Relaxed);
-        let done = self.flush(consumer, Instant::now() + self.revoke_timeout);
-        if !done {
+        let stalled = self.lease.take_stall();
+        if consumer.assignment_lost() || stalled {
+            // Another member may own these partitions already: write nothing more for them
+            // (after a stall the generation has moved on already).
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            metrics::counter!("ess_sink_assignments_lost_total").increment(1);
             tracing::warn!(
-                "in-flight batches not stored within {:?}; abandoning them (the next owner \
-                 reconciles)",
-                self.revoke_timeout
+                ?revoked,
+                stalled,
+                "assignment lost (the group may have expired this member); abandoning \
+                 in-flight batches, the next owner reconciles them"
             );
+        } else {
+            tracing::info!(
+                ?revoked,
+                "partitions revoked; storing and committing in-flight batches"
+            );
+            let done = self.flush(consumer, Instant::now() + self.revoke_timeout);
+            if !done {
+                metrics::counter!("ess_sink_revoke_timeouts_total").increment(1);
+                tracing::warn!(
+                    "in-flight batches not stored within {:?}; abandoning them (the next owner \
+                     reconciles)",
+                    self.revoke_timeout
+                );
+            }
         }
         // Whatever is still in flight belongs to the old assignment: stop retrying it.
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -256,6 +335,7 @@ impl State {
         self.epoch += 1;
         metrics::gauge!("ess_sink_assigned_partitions").set(0.0);
         metrics::gauge!("ess_sink_paused").set(0.0);
+        self.health.assigned.store(0, Ordering::Relaxed);
     }
 
     fn assign(&mut self, consumer: &Kafka, tpl: &TopicPartitionList) {
@@ -269,20 +349,31 @@ impl State {
         self.health.assignments.fetch_add(1, Ordering::Relaxed);
         self.assigned = true;
         metrics::gauge!("ess_sink_assigned_partitions").set(parts.len() as f64);
+        self.health
+            .assigned
+            .store(parts.len() as u64, Ordering::Relaxed);
+        // A stall before the assignment leaves nothing of it to throw away.
+        let _ = self.lease.take_stall();
         if parts.is_empty() {
             self.health.ready.store(true, Ordering::Relaxed);
             return;
         }
-        for &p in &parts {
-            self.parts.insert(p, Part::Reconciling);
+        self.reconcile(consumer, &parts, false);
+    }
+
+    /// Pauses `parts`, reads their committed offsets and reconciles them in the background.
+    fn reconcile(&mut self, consumer: &Kafka, parts: &[i32], seek: bool) {
+        let mut tpl = TopicPartitionList::new();
+        for &p in parts {
+            tpl.add_partition(&self.topic, p);
         }
-        if let Err(e) = consumer.pause(tpl) {
+        if let Err(e) = consumer.pause(&tpl) {
             tracing::warn!("pause for reconciliation failed: {e}");
         }
         let mut from = BTreeMap::new();
-        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+        match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
             Ok(committed) => {
-                for &p in &parts {
+                for &p in parts {
                     let offset = match committed.find_partition(&self.topic, p).map(|e| e.offset())
                     {
                         Some(Offset::Offset(o)) => o,
@@ -296,6 +387,10 @@ impl State {
                 tracing::warn!("committed offsets unavailable ({e}); reconciling from offset 0");
                 from = parts.iter().map(|&p| (p, 0)).collect();
             }
+        }
+        for (&p, &offset) in &from {
+            self.parts
+                .insert(p, Part::Reconciling { from: offset, seek });
         }
         let epoch = self.epoch;
         let reconciler = self.reconciler.clone();
@@ -319,7 +414,13 @@ impl State {
             }
             let mut tpl = TopicPartitionList::new();
             for (p, s) in stored {
-                if let Some(part @ Part::Reconciling) = self.parts.get_mut(&p) {
+                if let Some(part @ Part::Reconciling { .. }) = self.parts.get_mut(&p) {
+                    if let Part::Reconciling { from, seek: true } = *part
+                        && let Err(e) =
+                            consumer.seek(&self.topic, p, Offset::Offset(from), Duration::ZERO)
+                    {
+                        tracing::warn!(partition = p, "seek to the committed offset failed: {e}");
+                    }
                     *part = Part::Ready(s);
                     tpl.add_partition(&self.topic, p);
                 }
@@ -379,6 +480,14 @@ impl State {
     }
 
     fn on_message(&mut self, consumer: &Kafka, msg: &BorrowedMessage<'_>, now: Instant) {
+        // The generation before the stall check: a stall marked after this load has its flag
+        // set before its bump, so either the check sees it or the batch is of the old
+        // generation, which the writer abandons.
+        let generation = self.generation.load(Ordering::SeqCst);
+        if self.check_stall(consumer) {
+            return;
+        }
+        self.builder.note_generation(generation);
         let (p, offset) = (msg.partition(), msg.offset());
         match self.parts.get_mut(&p) {
             Some(Part::Ready(stored)) => {
@@ -413,14 +522,12 @@ impl State {
                     ),
                 }
             }
-            Some(Part::Reconciling) => {
-                // Fetched before the pause took hold: read it again once reconciled.
-                if let Err(e) = consumer.seek(
-                    &self.topic,
-                    p,
-                    Offset::Offset(offset),
-                    Duration::from_secs(1),
-                ) {
+            Some(&mut Part::Reconciling { from, .. }) => {
+                // Fetched before the pause took hold: read again from the committed offset
+                // once reconciled.
+                if let Err(e) =
+                    consumer.seek(&self.topic, p, Offset::Offset(from), Duration::from_secs(1))
+                {
                     tracing::warn!(partition = p, "seek back failed: {e}");
                 }
             }
@@ -444,18 +551,17 @@ impl State {
 
 /// Builds the consumer, runs the loop until `stop` is set, stores and commits what is in
 /// flight, then leaves the group. Blocking: run it on its own thread.
-#[allow(clippy::too_many_arguments)]
-pub fn poll_loop(
-    consumer_config: rdkafka::ClientConfig,
-    config: LoopConfig,
-    batches: mpsc::Sender<Batch>,
-    acks: std_mpsc::Receiver<Ack>,
-    generation: Arc<AtomicU64>,
-    reconciler: Reconciler,
-    runtime: tokio::runtime::Handle,
-    health: Arc<Health>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
+pub fn poll_loop(config: LoopConfig, links: Links) -> anyhow::Result<()> {
+    let Links {
+        batches,
+        acks,
+        generation,
+        lease,
+        reconciler,
+        runtime,
+        health,
+        stop,
+    } = links;
     let (reconciled_tx, reconciled_rx) = std_mpsc::channel();
     let state = Arc::new(Mutex::new(State {
         topic: config.topic.clone(),
@@ -476,12 +582,13 @@ pub fn poll_loop(
         warned_reuse: false,
         health: health.clone(),
         revoke_timeout: config.revoke_timeout,
+        lease,
     }));
     let context = SinkContext {
         state: state.clone(),
         topic: config.topic.clone(),
     };
-    let consumer: Kafka = consumer_config.create_with_context(context)?;
+    let consumer: Kafka = config.consumer.create_with_context(context)?;
     let _ = consumer.fetch_metadata(Some(&config.topic), Duration::from_secs(10));
     consumer.subscribe(&[&config.topic])?;
     tracing::info!(topic = %config.topic, "sink consuming");
@@ -491,6 +598,7 @@ pub fn poll_loop(
         health.beat();
         let timeout = {
             let mut s = lock(&state);
+            s.check_stall(&consumer);
             s.drain_acks(&consumer);
             s.take_reconciled(&consumer);
             s.backpressure(&consumer);

@@ -14,8 +14,12 @@
 //!   rebalance callbacks.
 //! - [`batch`]: the batch builder (rows, bytes, age) and the sealed [`batch::Batch`].
 //! - [`encode`]: RowBinary rows straight from borrowed events.
-//! - [`writer`]: insert tasks: retries with backoff and jitter, splitting refused data,
-//!   dead letters.
+//! - [`writer`]: insert tasks: retries with backoff and jitter, failover to another replica,
+//!   splitting by month and refused data, dead letters.
+//! - [`nodes`]: the nodes inserts go to, which are suspect, probing them back.
+//! - [`lease`]: whether the process may still write for its partitions (a pause past the
+//!   session timeout says no).
+//! - [`query_id`]: the query ids naming an insert's topic and partitions.
 //! - [`shard`]: for direct writes, the Distributed table's row → shard mapping and which
 //!   node holds which shard.
 //! - [`classify`]: retry / don't-retry for ClickHouse errors.
@@ -27,7 +31,10 @@ pub mod batch;
 pub mod classify;
 pub mod consumer;
 pub mod encode;
+pub mod lease;
+pub mod nodes;
 pub mod offsets;
+pub mod query_id;
 pub mod reconcile;
 pub mod server;
 pub mod shard;
@@ -42,11 +49,13 @@ use ess_core::config::{Config, WritePath};
 use rdkafka::producer::FutureProducer;
 
 use crate::batch::Limits;
-use crate::consumer::LoopConfig;
+use crate::consumer::{Links, LoopConfig};
+use crate::lease::Lease;
+use crate::nodes::Nodes;
 use crate::reconcile::Reconciler;
 use crate::server::Health;
-use crate::shard::{Layout, LayoutError};
-use crate::writer::{Route, Target, Writer};
+use crate::shard::{Layout, LayoutError, Sharding};
+use crate::writer::{Target, Writer, WriterParts};
 
 /// Why the sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,60 +162,27 @@ pub async fn start(
             (url, client)
         })
         .collect();
-    match ess_core::clickhouse::server_version(&clients[0].1, &clients[0].0).await {
-        Ok(v) => tracing::info!(version = %v.text, "ClickHouse"),
-        Err(e) => tracing::warn!("ClickHouse does not answer yet (inserts will retry): {e}"),
+    let version = ess_core::clickhouse::server_version(&clients[0].1, &clients[0].0);
+    match tokio::time::timeout(ch.timeout, version).await {
+        Ok(Ok(v)) => tracing::info!(version = %v.text, "ClickHouse"),
+        Ok(Err(e)) => tracing::warn!("ClickHouse does not answer yet (inserts will retry): {e}"),
+        Err(_) => tracing::warn!(
+            "ClickHouse does not answer within {:?} (inserts will retry)",
+            ch.timeout
+        ),
     }
-    let target = match config.sink.write_path {
-        WritePath::Distributed => Target {
-            route: Route::Distributed(
-                clients
-                    .iter()
-                    .map(|(url, c)| {
-                        let c = c
-                            .clone()
-                            .with_setting("insert_distributed_sync", "1")
-                            .with_setting("insert_deduplicate", "1");
-                        (url.clone(), c)
-                    })
-                    .collect(),
-            ),
-            sql: insert_sql(ch, &ch.table),
-        },
-        WritePath::Shards => {
-            let nodes: Vec<_> = clients
-                .iter()
-                .map(|(url, c)| {
-                    (
-                        url.clone(),
-                        c.clone().with_setting("insert_deduplicate", "1"),
-                    )
-                })
-                .collect();
-            let layout = Layout::discover(
-                &nodes,
-                &ch.cluster,
-                (&ch.database, &ch.table),
-                config.sink.reconcile_wait,
-            )
-            .await
-            .map_err(SinkError::Layout)?;
-            tracing::info!(
-                shards = layout.replicas.len(),
-                replicas = ?layout.replicas.iter().map(|r| r.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                "writing straight to each shard's replicated table"
-            );
-            Target {
-                route: Route::Shards(layout),
-                sql: insert_sql(ch, &ch.local_table()),
-            }
-        }
-    };
+    // Dropping `stop_watch` (when the sink stops) ends the node watch.
+    let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (target, sharding) = target(&config, &clients, async {
+        let _ = watch_stopped.await;
+    })
+    .await?;
     let reconciler = Reconciler {
         nodes: clients,
         local_table: format!("{}.{}", ch.database, ch.local_table()),
         topic: config.kafka.topic.clone(),
         wait: config.sink.reconcile_wait,
+        timeout: ch.timeout,
     };
     let producer: FutureProducer = ess_core::kafka::client_config(&config.kafka)
         .set("acks", "all")
@@ -214,55 +190,44 @@ pub async fn start(
         .create()
         .map_err(SinkError::Kafka)?;
     let generation = Arc::new(AtomicU64::new(1));
-    let writer = Arc::new(Writer::new(
+    let lease = Lease::new(
+        Lease::stall_for(
+            config.sink.session_timeout_ms,
+            config.sink.heartbeat_interval_ms,
+        ),
+        generation.clone(),
+    );
+    let writer = Arc::new(Writer::new(WriterParts {
         target,
         producer,
-        config.kafka.topic.clone(),
-        config.kafka.dlq_topic.clone(),
-        config.sink.retry_initial_backoff,
-        config.sink.retry_max_backoff,
-        generation.clone(),
-    ));
+        topic: config.kafka.topic.clone(),
+        dlq_topic: config.kafka.dlq_topic.clone(),
+        initial_backoff: config.sink.retry_initial_backoff,
+        max_backoff: config.sink.retry_max_backoff,
+        generation: generation.clone(),
+        lease: lease.clone(),
+        sharding,
+        max_months: config.sink.max_partitions_per_insert,
+    }));
 
     let health = Arc::new(Health::default());
     health.beat();
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut addr = None;
-    let server = if config.sink.listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.sink.listen)
-            .await
-            .map_err(|source| SinkError::Listen {
-                addr: config.sink.listen.clone(),
-                source,
-            })?;
-        let bound = listener.local_addr().context("listen address")?;
-        tracing::info!(addr = %bound, "sink metrics and health listening");
-        addr = Some(bound);
-        let app = server::app(health.clone());
-        Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = server_stopped.await;
-                })
-                .await;
-        }))
-    };
-
+    let (addr, server) = serve(&config, &health).await?;
     let task_health = health.clone();
     let task = tokio::spawn(async move {
-        let result = consume(
-            config,
-            shutdown,
-            writer,
+        let watch = lease.watch().context("lease thread")?;
+        let shared = Shared {
             generation,
+            lease: lease.clone(),
             reconciler,
-            task_health,
-        )
-        .await;
-        let _ = stop_server.send(());
-        if let Some(server) = server {
+            health: task_health,
+        };
+        let result = consume(config, shutdown, writer, shared).await;
+        lease.stop();
+        let _ = watch.join();
+        drop(stop_watch);
+        if let Some((stop_server, server)) = server {
+            let _ = stop_server.send(());
             let _ = server.await;
         }
         result
@@ -270,13 +235,125 @@ pub async fn start(
     Ok(Running { health, addr, task })
 }
 
+type Server = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Binds and serves `/metrics`, `/healthz` and `/readyz` (unless `sink.listen` is empty).
+async fn serve(
+    config: &Config,
+    health: &Arc<Health>,
+) -> anyhow::Result<(Option<std::net::SocketAddr>, Option<Server>)> {
+    if config.sink.listen.is_empty() {
+        return Ok((None, None));
+    }
+    let listener = tokio::net::TcpListener::bind(&config.sink.listen)
+        .await
+        .map_err(|source| SinkError::Listen {
+            addr: config.sink.listen.clone(),
+            source,
+        })?;
+    let bound = listener.local_addr().context("listen address")?;
+    tracing::info!(addr = %bound, "sink metrics and health listening");
+    let app = server::app(health.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok((Some(bound), Some((stop, task))))
+}
+
+/// Where inserts go: the nodes with their shards (direct writes) or all of them (the
+/// Distributed table), with the insert settings; and the row → shard mapping for direct
+/// writes. Starts the task that probes suspect nodes and maps late ones.
+async fn target(
+    config: &Config,
+    clients: &[(String, clickhouse::Client)],
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Target, Option<Sharding>), SinkError> {
+    let ch = &config.clickhouse;
+    let insert_client = |c: &clickhouse::Client| {
+        let mut c = c.clone().with_setting("insert_deduplicate", "1");
+        if config.sink.insert_quorum > 0 {
+            c = c
+                .with_setting("insert_quorum", config.sink.insert_quorum.to_string())
+                .with_setting("insert_quorum_timeout", ch.timeout.as_millis().to_string());
+        }
+        c
+    };
+    let (nodes, direct, sharding, sql) = match config.sink.write_path {
+        WritePath::Distributed => {
+            let nodes = clients.iter().map(|(url, c)| {
+                let c = insert_client(c).with_setting("insert_distributed_sync", "1");
+                (url.clone(), c, Some(0))
+            });
+            (Nodes::new(nodes), false, None, insert_sql(ch, &ch.table))
+        }
+        WritePath::Shards => {
+            let layout = Layout::discover(
+                clients,
+                &ch.cluster,
+                (&ch.database, &ch.table),
+                (config.sink.reconcile_wait, ch.timeout),
+            )
+            .await?;
+            tracing::info!(
+                shards = layout.replicas.len(),
+                replicas = ?layout.replicas.iter().map(|r| r.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "writing straight to each shard's replicated table"
+            );
+            let shard_of = |url: &str| {
+                layout
+                    .replicas
+                    .iter()
+                    .position(|r| r.iter().any(|(u, _)| u == url))
+            };
+            let nodes = clients
+                .iter()
+                .map(|(url, c)| (url.clone(), insert_client(c), shard_of(url)));
+            let sql = insert_sql(ch, &ch.local_table());
+            (Nodes::new(nodes), true, Some(layout.sharding), sql)
+        }
+    };
+    let nodes = Arc::new(nodes);
+    let cluster = ch.cluster.clone();
+    let probe_timeout = ch.timeout.min(std::time::Duration::from_secs(5));
+    tokio::spawn(nodes.clone().watch(
+        probe_timeout,
+        move |client, url| {
+            let cluster = cluster.clone();
+            async move { shard::local_shard(&client, &url, &cluster).await.ok() }
+        },
+        stop,
+    ));
+    let target = Target {
+        nodes,
+        direct,
+        sql,
+        timeout: ch.timeout,
+    };
+    Ok((target, sharding))
+}
+
+/// What the poll loop shares with the rest of the sink, besides the writer.
+struct Shared {
+    generation: Arc<AtomicU64>,
+    lease: Arc<Lease>,
+    reconciler: Reconciler,
+    health: Arc<Health>,
+}
+
+/// Runs the writer's dispatcher and the poll loop until `shutdown`, then lets both finish.
 async fn consume(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     writer: Arc<Writer>,
-    generation: Arc<AtomicU64>,
-    reconciler: Reconciler,
-    health: Arc<Health>,
+    shared: Shared,
 ) -> anyhow::Result<()> {
     let sharding = writer.sharding();
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(config.sink.queue_batches);
@@ -297,6 +374,7 @@ async fn consume(
         })
     };
     let loop_config = LoopConfig {
+        consumer: consumer_config(&config),
         topic: config.kafka.topic.clone(),
         limits: Limits {
             rows: config.sink.batch_rows,
@@ -307,23 +385,17 @@ async fn consume(
         revoke_timeout: config.sink.revoke_timeout,
         shutdown_timeout: config.sink.shutdown_timeout,
     };
-    let consumer_config = consumer_config(&config);
-    let runtime = tokio::runtime::Handle::current();
-    let poll_health = health.clone();
-    let polled = tokio::task::spawn_blocking(move || {
-        consumer::poll_loop(
-            consumer_config,
-            loop_config,
-            batch_tx,
-            ack_rx,
-            generation,
-            reconciler,
-            runtime,
-            poll_health,
-            stop,
-        )
-    })
-    .await;
+    let links = Links {
+        batches: batch_tx,
+        acks: ack_rx,
+        generation: shared.generation,
+        lease: shared.lease,
+        reconciler: shared.reconciler,
+        runtime: tokio::runtime::Handle::current(),
+        health: shared.health,
+        stop,
+    };
+    let polled = tokio::task::spawn_blocking(move || consumer::poll_loop(loop_config, links)).await;
     stopper.abort();
     let _ = dispatcher.await;
     polled.context("poll loop panicked")?

@@ -18,7 +18,7 @@ use clickhouse::Client;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::writer::query_id_partitions;
+use crate::query_id::query_id_partitions;
 
 /// `(offset, event id)` of the rows of one partition stored at or past its committed offset,
 /// sorted. An offset may appear with several ids (rows of an earlier incarnation of the topic).
@@ -96,6 +96,8 @@ pub struct Reconciler {
     pub topic: String,
     /// Longest wait for every node to answer before going on with those that did.
     pub wait: Duration,
+    /// Longest wait for one query's answer.
+    pub timeout: Duration,
 }
 
 impl Reconciler {
@@ -168,43 +170,88 @@ impl Reconciler {
             self.local_table,
             cond.join(" OR ")
         );
-        client.query(&sql).fetch_all::<StoredRow>().await
+        tokio::time::timeout(self.timeout, client.query(&sql).fetch_all::<StoredRow>())
+            .await
+            .unwrap_or(Err(clickhouse::error::Error::TimedOut))
     }
 
-    /// Waits until no node runs an insert whose query id names one of these partitions, or
-    /// the deadline passes. A node that does not answer runs nothing that could land later
-    /// (a restarted server does not resume an insert).
+    /// Waits until, in one round, every node answered and none runs an insert whose query id
+    /// names one of these partitions — the fence. A node whose `system.processes` cannot be
+    /// read may be running an earlier owner's insert that lands after the stored offsets are
+    /// read, so it is asked again until it answers or the deadline passes; only then does the
+    /// sink go on without it, counting it in `ess_sink_fence_unreachable_total`. (A node
+    /// that restarted runs nothing of before: a server does not resume an insert.)
     async fn fence(&self, from: &BTreeMap<i32, i64>, deadline: Instant) {
+        let started = Instant::now();
         // `_` in a topic name matches any character here; the exact check is in Rust.
         let pattern = format!("ess:{}:%", self.topic);
         let sql = format!(
             "SELECT query_id, initial_query_id FROM system.processes \
              WHERE query_id LIKE '{pattern}' OR initial_query_id LIKE '{pattern}'"
         );
+        let mut waited = false;
         loop {
-            let results = futures::future::join_all(
-                self.nodes
-                    .iter()
-                    .map(|(_, c)| c.query(&sql).fetch_all::<(String, String)>()),
-            )
+            let results = futures::future::join_all(self.nodes.iter().map(|(_, c)| {
+                let query = c.query(&sql).fetch_all::<(String, String)>();
+                async move {
+                    tokio::time::timeout(self.timeout, query)
+                        .await
+                        .unwrap_or(Err(clickhouse::error::Error::TimedOut))
+                }
+            }))
             .await;
-            let running = results
-                .into_iter()
-                .filter_map(Result::ok)
-                .flatten()
-                .flat_map(|(q, i)| [q, i])
-                .filter_map(|id| query_id_partitions(&self.topic, &id))
-                .any(|ps| ps.iter().any(|p| from.contains_key(p)));
-            if !running {
-                return;
+            let mut unknown = Vec::new();
+            let mut running = false;
+            for ((url, _), result) in self.nodes.iter().zip(results) {
+                match result {
+                    Ok(queries) => {
+                        running |= queries
+                            .into_iter()
+                            .flat_map(|(q, i)| [q, i])
+                            .filter_map(|id| query_id_partitions(&self.topic, &id))
+                            .any(|ps| ps.iter().any(|p| from.contains_key(p)));
+                    }
+                    Err(e) => unknown.push((url.as_str(), e)),
+                }
+            }
+            if !running && unknown.is_empty() {
+                break;
             }
             if Instant::now() >= deadline {
-                tracing::error!("reconcile: an earlier insert of these partitions still runs");
-                return;
+                if running {
+                    tracing::error!(
+                        "reconcile: an earlier insert of these partitions still runs after {:?}; \
+                         going on (its rows may be written twice)",
+                        self.wait
+                    );
+                }
+                for (url, e) in unknown {
+                    metrics::counter!("ess_sink_fence_unreachable_total").increment(1);
+                    tracing::error!(
+                        node = url,
+                        "reconcile: no answer from this node within {:?}; going on without \
+                         knowing whether it still runs an earlier owner's insert: {e}",
+                        self.wait
+                    );
+                }
+                break;
             }
-            tracing::info!("reconcile: waiting for an earlier owner's insert to finish");
+            if !waited {
+                waited = true;
+                metrics::counter!("ess_sink_fence_waits_total").increment(1);
+            }
+            if running {
+                tracing::info!("reconcile: waiting for an earlier owner's insert to finish");
+            }
+            for (url, e) in &unknown {
+                tracing::warn!(
+                    node = url,
+                    "reconcile: fence cannot ask this node, will retry: {e}"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        metrics::histogram!("ess_sink_fence_seconds").record(started.elapsed().as_secs_f64());
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Health {
     pub assignments: AtomicU64,
     /// Revocations of a non-empty assignment (each rebalance that took partitions away).
     pub revocations: AtomicU64,
+    /// Partitions assigned now.
+    pub assigned: AtomicU64,
 }
 
 impl Health {

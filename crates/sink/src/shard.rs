@@ -100,7 +100,7 @@ pub enum LayoutError {
 }
 
 impl Layout {
-    /// Maps the cluster: its shard weights and the Distributed table's sharding key from the
+    /// Maps the cluster (each query waits at most `timeout`): its shard weights and the Distributed table's sharding key from the
     /// first node that answers, then each node's own shard (`is_local` in
     /// `system.clusters`). Retries unreachable nodes until every node answered, or every
     /// shard has a replica and a short grace passed, or `wait` is over. With no cluster (one
@@ -109,7 +109,7 @@ impl Layout {
         nodes: &[(String, Client)],
         cluster: &str,
         distributed: (&str, &str),
-        wait: Duration,
+        (wait, timeout): (Duration, Duration),
     ) -> Result<Self, LayoutError> {
         if cluster.is_empty() {
             return Ok(Self {
@@ -132,8 +132,12 @@ impl Layout {
                         sharding = Some(shape(client, cluster, distributed).await?);
                     }
                     local_shard(client, url, cluster).await
-                }
-                .await;
+                };
+                // A node that accepts connections but does not answer (frozen) must not hold
+                // up the others.
+                let probed = tokio::time::timeout(timeout, probed)
+                    .await
+                    .unwrap_or_else(|_| Err(Probe::Retry(format!("no answer within {timeout:?}"))));
                 match probed {
                     Ok(shard) => shard_of_node[i] = Some(shard),
                     Err(Probe::Fatal(e)) => return Err(e),
@@ -184,7 +188,7 @@ impl Layout {
     }
 }
 
-enum Probe {
+pub(crate) enum Probe {
     Fatal(LayoutError),
     Retry(String),
 }
@@ -233,7 +237,7 @@ async fn shape(
 }
 
 /// The shard index (0-based) this node holds.
-async fn local_shard(client: &Client, url: &str, cluster: &str) -> Result<usize, Probe> {
+pub(crate) async fn local_shard(client: &Client, url: &str, cluster: &str) -> Result<usize, Probe> {
     let shards: Vec<u32> = client
         .query(
             "SELECT DISTINCT shard_num FROM system.clusters WHERE cluster = ? AND is_local \

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clickhouse::Client;
 use rand::Rng as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -16,7 +15,10 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::batch::{Batch, Block, DeadLetter};
 use crate::classify::{Disposition, classify, code_name, error_code};
 use crate::encode::{decode_row, row_to_wire_json};
-use crate::shard::{Layout, Sharding};
+use crate::lease::Lease;
+use crate::nodes::{Node, Nodes};
+use crate::query_id::query_id;
+use crate::shard::Sharding;
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,35 +41,43 @@ pub struct Ack {
     pub outcome: Outcome,
 }
 
-/// Which nodes take a batch's rows.
-#[derive(Debug, Clone)]
-pub enum Route {
-    /// Every node has the Distributed table and takes whole batches; inserts rotate over the
-    /// nodes and fail over on errors.
-    Distributed(Vec<(String, Client)>),
-    /// A batch is split by shard; each part goes to a replica of its shard (rotating, failing
-    /// over to the other replicas).
-    Shards(Layout),
-}
-
-impl Route {
-    /// The nodes that take `shard`'s part (never empty: [`Layout::discover`] maps a replica
-    /// for every shard).
-    fn nodes(&self, shard: Option<usize>) -> &[(String, Client)] {
-        match self {
-            Self::Distributed(nodes) => nodes,
-            Self::Shards(layout) => &layout.replicas[shard.unwrap_or(0)],
-        }
-    }
-}
-
 /// Where and how inserts go.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The nodes.
-    pub route: Route,
+    /// The nodes, each with the shard it takes parts for.
+    pub nodes: Arc<Nodes>,
+    /// Whether batches are split by shard (direct writes) or go whole to the Distributed
+    /// table.
+    pub direct: bool,
     /// `INSERT INTO db.table (cols) FORMAT RowBinary`.
     pub sql: String,
+    /// The longest wait for a chunk of data to go out or for the server's answer.
+    pub timeout: Duration,
+}
+
+/// What a [`Writer`] is made of.
+#[allow(missing_debug_implementations)]
+pub struct WriterParts {
+    /// Where inserts go.
+    pub target: Target,
+    /// For dead letters.
+    pub producer: FutureProducer,
+    /// The events topic (query ids name it).
+    pub topic: String,
+    /// The dead-letter topic.
+    pub dlq_topic: String,
+    /// First retry delay.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// The assignment generation.
+    pub generation: Arc<AtomicU64>,
+    /// The process's lease on its partitions.
+    pub lease: Arc<Lease>,
+    /// The row → shard mapping for direct writes.
+    pub sharding: Option<Sharding>,
+    /// Most months (table partitions) one insert may touch (`sink.max_partitions_per_insert`).
+    pub max_months: usize,
 }
 
 /// Shared by the insert tasks.
@@ -80,6 +90,12 @@ pub struct Writer {
     max_backoff: Duration,
     /// Current assignment generation; a batch of an older one is abandoned between attempts.
     generation: Arc<AtomicU64>,
+    /// Whether the process ran recently enough to still own its partitions.
+    lease: Arc<Lease>,
+    /// The row → shard mapping for direct writes.
+    sharding: Option<Sharding>,
+    /// Most months (table partitions) one insert may touch.
+    max_months: usize,
     next_node: AtomicU64,
 }
 
@@ -94,54 +110,66 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// A writer.
-    pub fn new(
-        target: Target,
-        producer: FutureProducer,
-        topic: String,
-        dlq_topic: String,
-        initial_backoff: Duration,
-        max_backoff: Duration,
-        generation: Arc<AtomicU64>,
-    ) -> Self {
+    pub fn new(parts: WriterParts) -> Self {
         Self {
-            target,
-            producer,
-            topic,
-            dlq_topic,
-            initial_backoff,
-            max_backoff,
-            generation,
+            target: parts.target,
+            producer: parts.producer,
+            topic: parts.topic,
+            dlq_topic: parts.dlq_topic,
+            initial_backoff: parts.initial_backoff,
+            max_backoff: parts.max_backoff,
+            generation: parts.generation,
+            lease: parts.lease,
+            sharding: parts.sharding,
+            max_months: parts.max_months,
             next_node: AtomicU64::new(0),
         }
     }
 
     /// How the poll loop must split rows by shard as it encodes them (direct writes only).
     pub fn sharding(&self) -> Option<Sharding> {
-        match &self.target.route {
-            Route::Shards(layout) => Some(layout.sharding.clone()),
-            Route::Distributed(_) => None,
-        }
+        self.sharding.clone()
     }
 
     fn current(&self, batch: &Batch) -> bool {
         self.generation.load(Ordering::SeqCst) == batch.generation
     }
 
+    /// Whether `batch` may be written now: waits while the lease is stale (the process just
+    /// came back from a pause and the watch thread has not ticked yet), then answers whether
+    /// the batch still belongs to the current generation.
+    async fn may_write(&self, batch: &Batch) -> bool {
+        loop {
+            if !self.current(batch) {
+                return false;
+            }
+            if self.lease.fresh() {
+                // The generation is bumped before the lease is renewed: read it after.
+                return self.current(batch);
+            }
+            tokio::time::sleep(crate::lease::TICK / 5).await;
+        }
+    }
+
+    /// Whether a started insert of `batch` may go on (checked between chunks).
+    fn still_mine(&self, batch: &Batch) -> bool {
+        self.lease.fresh() && self.current(batch)
+    }
+
     /// Stores one batch: rows (each shard's part concurrently), then dead letters.
     pub async fn write(&self, batch: Batch) -> Ack {
         let started = Instant::now();
-        let direct = matches!(self.target.route, Route::Shards(_));
-        let parts: Vec<(Option<usize>, &Block)> = batch
+        let direct = self.target.direct;
+        let parts: Vec<(usize, &Block)> = batch
             .parts
             .iter()
             .enumerate()
             .filter(|(_, block)| !block.is_empty())
-            .map(|(shard, block)| (direct.then_some(shard), block))
             .collect();
         let written = futures::future::join_all(
             parts
                 .iter()
-                .map(|&(shard, block)| self.insert_block(&batch, shard, block)),
+                .map(|&(shard, block)| self.insert_block(&batch, shard, direct, block)),
         )
         .await;
         let dead: Option<Vec<DeadLetter>> =
@@ -181,11 +209,34 @@ impl Writer {
     async fn insert_block(
         &self,
         batch: &Batch,
-        shard: Option<usize>,
+        shard: usize,
+        direct: bool,
         block: &Block,
     ) -> Option<Vec<DeadLetter>> {
         let mut dead = Vec::new();
-        self.insert_range(batch, shard, block, &mut dead)
+        let direct = direct.then_some(shard);
+        if block.spans_more_months_than(self.max_months) {
+            // The table is partitioned by month and current servers refuse a block touching
+            // more than `max_partitions_per_insert_block` partitions.
+            let blocks = block.by_months(self.max_months);
+            metrics::counter!("ess_sink_month_splits_total").increment(1);
+            tracing::info!(
+                batch = batch.id,
+                shard,
+                rows = block.len(),
+                blocks = blocks.len(),
+                "rows span more than {} months: inserting them in blocks by month",
+                self.max_months
+            );
+            for (i, part) in blocks.iter().enumerate() {
+                let name = (direct, Some(i));
+                if !self.insert_range(batch, shard, name, part, &mut dead).await {
+                    return None;
+                }
+            }
+            return Some(dead);
+        }
+        self.insert_range(batch, shard, (direct, None), block, &mut dead)
             .await
             .then_some(dead)
     }
@@ -195,7 +246,8 @@ impl Writer {
     async fn insert_range(
         &self,
         batch: &Batch,
-        shard: Option<usize>,
+        shard: usize,
+        name: (Option<usize>, Option<usize>),
         block: &Block,
         dead: &mut Vec<DeadLetter>,
     ) -> bool {
@@ -203,86 +255,124 @@ impl Writer {
         let mut todo = vec![(0, block.len())];
         while let Some((from, to)) = todo.pop() {
             let data = block.slice(from, to);
-            let query_id = query_id(&self.topic, batch, shard, from, to);
+            let query_id = query_id(&self.topic, batch, name, from, to);
             let mut attempt = 0u32;
+            let mut tried = 0usize;
             loop {
-                if !self.current(batch) {
+                if !self.may_write(batch).await {
                     return false;
                 }
                 let started = Instant::now();
-                match self.insert_once(shard, &query_id, data.clone()).await {
+                let node = self
+                    .target
+                    .nodes
+                    .pick(shard, self.next_node.fetch_add(1, Ordering::Relaxed));
+                let error = match self
+                    .insert_once(batch, &node, &query_id, data.clone())
+                    .await
+                {
                     Ok(()) => {
                         metrics::histogram!("ess_sink_insert_seconds")
                             .record(started.elapsed().as_secs_f64());
                         break;
                     }
-                    Err((node, error)) => match classify(&error) {
-                        Disposition::Retry => {
-                            metrics::counter!("ess_sink_insert_retries_total").increment(1);
-                            let delay = self.backoff(attempt);
+                    Err(None) => return false,
+                    Err(Some(error)) => error,
+                };
+                match classify(&error) {
+                    Disposition::Retry => {
+                        metrics::counter!("ess_sink_insert_retries_total").increment(1);
+                        tried += 1;
+                        let healthy = node.fail(&error);
+                        // The identical bytes go to another replica of the shard right away
+                        // when one is not suspect (block deduplication holds across
+                        // replicas); with none left, back off.
+                        let other = self.target.nodes.has_healthy(shard);
+                        let delay = if other && tried < 2 * self.target.nodes.count(shard) {
+                            metrics::counter!("ess_sink_failovers_total").increment(1);
+                            Duration::ZERO
+                        } else {
+                            let d = self.backoff(attempt);
                             attempt = attempt.saturating_add(1);
-                            tracing::warn!(
-                                batch = batch.id, ?shard, rows = to - from, node, attempt,
-                                retry_in = ?delay, "insert failed, will retry: {error}"
-                            );
-                            tokio::time::sleep(delay).await;
-                        }
-                        Disposition::BadData if to - from == 1 => {
-                            let code = error_code(&error).unwrap_or(0);
-                            dead.push(refused_row(block, from, code, &error));
-                            break;
-                        }
-                        Disposition::BadData => {
-                            tracing::warn!(
-                                batch = batch.id,
-                                ?shard,
-                                rows = to - from,
-                                node,
-                                "ClickHouse refused the data, splitting: {error}"
-                            );
-                            let mid = from + (to - from) / 2;
-                            todo.push((mid, to));
-                            todo.push((from, mid));
-                            break;
-                        }
-                    },
+                            d
+                        };
+                        tracing::warn!(
+                            batch = batch.id, shard, rows = to - from, node = %node.url, attempt,
+                            node_suspect = !healthy, retry_in = ?delay,
+                            "insert failed, will retry: {error}"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    Disposition::Split if to - from > 1 => {
+                        metrics::counter!("ess_sink_partition_splits_total").increment(1);
+                        tracing::warn!(
+                            batch = batch.id, shard, rows = to - from, node = %node.url,
+                            "the block touches more partitions than the server takes, \
+                             splitting: {error}"
+                        );
+                        let mid = from + (to - from) / 2;
+                        todo.push((mid, to));
+                        todo.push((from, mid));
+                        break;
+                    }
+                    Disposition::BadData | Disposition::Split if to - from == 1 => {
+                        let code = error_code(&error).unwrap_or(0);
+                        dead.push(refused_row(block, from, code, &error));
+                        break;
+                    }
+                    Disposition::BadData | Disposition::Split => {
+                        tracing::warn!(
+                            batch = batch.id, shard, rows = to - from, node = %node.url,
+                            "ClickHouse refused the data, splitting: {error}"
+                        );
+                        let mid = from + (to - from) / 2;
+                        todo.push((mid, to));
+                        todo.push((from, mid));
+                        break;
+                    }
                 }
             }
         }
         true
     }
 
-    /// One INSERT of `data` on the next node that takes it (any node for the Distributed
-    /// table, a replica of `shard` for a shard's part). The query id names the batch's topic
-    /// and partitions so a new owner of a partition can wait for an insert still running on
-    /// the server (see [`crate::reconcile`]); retries reuse it, so ClickHouse refuses to run
-    /// two attempts of one block at once.
+    /// One INSERT of `data` on `node`. The query id names the batch's topic and partitions so
+    /// a new owner of a partition can wait for an insert still running on the server (see
+    /// [`crate::reconcile`]); retries reuse it, so one server refuses to run two attempts of
+    /// one block at once. Gives up (`Err(None)`) between chunks when the batch is no longer
+    /// this process's to write; every chunk and the answer wait at most the target's timeout.
     async fn insert_once(
         &self,
-        shard: Option<usize>,
+        batch: &Batch,
+        node: &Node,
         query_id: &str,
         data: Bytes,
-    ) -> Result<(), (String, clickhouse::error::Error)> {
-        let nodes = self.target.route.nodes(shard);
-        let n = nodes.len() as u64;
-        let index = (self.next_node.fetch_add(1, Ordering::Relaxed) % n) as usize;
-        let (url, client) = &nodes[index];
-        let mut insert = client
+    ) -> Result<(), Option<clickhouse::error::Error>> {
+        let timeout = Some(self.target.timeout);
+        let mut insert = node
+            .client
             .clone()
             .with_setting("query_id", query_id)
-            .insert_formatted_with(self.target.sql.clone());
+            .insert_formatted_with(self.target.sql.clone())
+            .with_timeouts(timeout, timeout);
         const CHUNK: usize = 1 << 20;
         let mut at = 0;
-        let result = async {
-            while at < data.len() {
-                let end = (at + CHUNK).min(data.len());
-                insert.send(data.slice(at..end)).await?;
-                at = end;
+        while at < data.len() {
+            if !self.still_mine(batch) {
+                // Dropping an unfinished insert aborts its request: the server never sees
+                // the end of the data and stores nothing.
+                drop(insert);
+                return Err(None);
             }
-            insert.end().await
+            let end = (at + CHUNK).min(data.len());
+            insert.send(data.slice(at..end)).await.map_err(Some)?;
+            at = end;
         }
-        .await;
-        result.map_err(|e| (url.clone(), e))
+        if !self.still_mine(batch) {
+            drop(insert);
+            return Err(None);
+        }
+        insert.end().await.map_err(Some)
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -304,7 +394,7 @@ impl Writer {
         for letter in letters {
             let mut attempt = 0u32;
             loop {
-                if !self.current(batch) {
+                if !self.may_write(batch).await {
                     return false;
                 }
                 let partition = letter.partition.to_string();
@@ -354,43 +444,6 @@ impl Writer {
         }
         true
     }
-}
-
-/// `ess:{topic}:,{p},{p},:{pid}-{batch}[-s{shard}]:{from}-{to}`. Topic names cannot hold `:`
-/// or `,`.
-pub fn query_id(
-    topic: &str,
-    batch: &Batch,
-    shard: Option<usize>,
-    from: usize,
-    to: usize,
-) -> String {
-    let mut id = format!("ess:{topic}:,");
-    for p in batch.ranges.keys() {
-        id.push_str(&p.to_string());
-        id.push(',');
-    }
-    id.push_str(&format!(":{}-{}", std::process::id(), batch.id));
-    if let Some(shard) = shard {
-        id.push_str(&format!("-s{}", shard + 1));
-    }
-    id.push_str(&format!(":{from}-{to}"));
-    id
-}
-
-/// The partitions a query id of [`query_id`] names, if it is one of `topic`'s.
-pub fn query_id_partitions(topic: &str, id: &str) -> Option<Vec<i32>> {
-    let rest = id
-        .strip_prefix("ess:")?
-        .strip_prefix(topic)?
-        .strip_prefix(':')?;
-    let list = rest.split(':').next()?;
-    Some(
-        list.split(',')
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| s.parse().ok())
-            .collect(),
-    )
 }
 
 fn refused_row(
@@ -450,32 +503,4 @@ pub async fn dispatch(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_ids_name_topic_and_partitions() {
-        let batch = Batch {
-            id: 7,
-            generation: 1,
-            parts: vec![],
-            ingest_times: vec![],
-            ranges: [(3, (0, 1)), (11, (5, 9))].into_iter().collect(),
-            dead: vec![],
-            store_time: 0,
-        };
-        let id = query_id("it_abc.events", &batch, None, 0, 10);
-        assert_eq!(query_id_partitions("it_abc.events", &id), Some(vec![3, 11]));
-        let shard_id = query_id("it_abc.events", &batch, Some(1), 0, 10);
-        assert!(shard_id.contains("-s2:"), "{shard_id}");
-        assert_eq!(
-            query_id_partitions("it_abc.events", &shard_id),
-            Some(vec![3, 11])
-        );
-        assert_eq!(query_id_partitions("it_abc.event", &id), None);
-        assert_eq!(query_id_partitions("other", &id), None);
-    }
 }

@@ -119,9 +119,13 @@ pub struct ClickHouseConfig {
     pub cluster: String,
     /// The table users query (Distributed on a cluster, the table itself on a single server).
     pub table: String,
-    /// Per-request timeout.
+    /// Per-request timeout: how long the sink waits for an answer (an insert's response, a
+    /// chunk of its data going out, a query) before it tries another replica.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long opening a connection to a node may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for ClickHouseConfig {
@@ -140,6 +144,7 @@ impl Default for ClickHouseConfig {
             cluster: "ess".into(),
             table: "events".into(),
             timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -331,6 +336,12 @@ impl Config {
                 "clickhouse.table",
                 "must be a plain identifier [A-Za-z0-9_]",
             );
+        }
+        if self.clickhouse.timeout.is_zero() {
+            return bad("clickhouse.timeout", "must be positive");
+        }
+        if self.clickhouse.connect_timeout.is_zero() {
+            return bad("clickhouse.connect_timeout", "must be positive");
         }
         if !self.clickhouse.cluster.is_empty() && !is_identifier(&self.clickhouse.cluster) {
             return bad("clickhouse.cluster", "must be empty or a plain identifier");

@@ -72,6 +72,18 @@ pub struct SinkConfig {
     /// has yet could then produce duplicates; see docs/design.md).
     #[serde(with = "humantime_serde")]
     pub reconcile_wait: Duration,
+    /// Most months of event time (the table's partitions) one insert may touch; a shard's part
+    /// spanning more is inserted in blocks of at most this many months. Current ClickHouse
+    /// refuses a block touching more than `max_partitions_per_insert_block` (100) partitions;
+    /// the default is half of that because 18.16 computes a row's month in the server's time
+    /// zone, where one UTC month can fall into two.
+    pub max_partitions_per_insert: usize,
+    /// Replicas that must hold a part before ClickHouse acknowledges it (`insert_quorum`);
+    /// 0 turns quorum writes off. With 2 on a 2-replica shard a part counts as stored, and its
+    /// offsets are committed, only when both replicas have it: losing a replica's disk right
+    /// after a commit loses nothing, but while a replica is away its shard's rows (and the
+    /// batches holding them) wait. See docs/design.md.
+    pub insert_quorum: u32,
 }
 
 impl Default for SinkConfig {
@@ -94,6 +106,8 @@ impl Default for SinkConfig {
             revoke_timeout: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(30),
             reconcile_wait: Duration::from_secs(120),
+            max_partitions_per_insert: 50,
+            insert_quorum: 0,
         }
     }
 }
@@ -125,6 +139,18 @@ impl SinkConfig {
             return Err(value_error(
                 "sink.fetch_wait_max_ms",
                 "must be at most 300000 (5 minutes)",
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_partitions_per_insert) {
+            return Err(value_error(
+                "sink.max_partitions_per_insert",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.insert_quorum > 16 {
+            return Err(value_error(
+                "sink.insert_quorum",
+                "must be 0 (off) or a number of replicas up to 16",
             ));
         }
         if self.group_id.trim().is_empty() {

@@ -2,6 +2,7 @@
 //! `ess stack up` runs; fault tests bring up a private stack of their own.
 
 mod faults;
+mod member;
 mod pipeline;
 mod rebalance;
 mod support;

@@ -1,11 +1,12 @@
 //! Events in, rows out: every column exact, dead letters for poison, restarts without
 //! duplicates.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ess_core::config::{Config, WritePath};
 use ess_core::schema::EventRow;
-use ess_testkit::Ephemeral;
+use ess_testkit::{Ephemeral, eventually};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -16,11 +17,22 @@ use crate::support::*;
 async fn every_event_is_stored_once_with_exact_columns_and_offsets_committed() {
     let eph = Ephemeral::new(4).await;
     let config = test_config(eph.config.clone());
+    stop_merges(&config).await;
     let producer = producer(&config);
     produce(&config, &producer, 20_000, 0).await;
     let sink = InProcess::start(&config).await;
     let (count, uniq) = wait_for_rows(&config, 20_000, Duration::from_secs(60)).await;
     assert_eq!((count, uniq), (20_000, 20_000));
+    // The endpoints: alive, ready (assigned and reconciled), and counting what it stored.
+    assert_eq!(http_get(sink.addr(), "/healthz").await.0, 200);
+    assert_eq!(http_get(sink.addr(), "/readyz").await.0, 200);
+    let (status, metrics) = http_get(sink.addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metric(&metrics, "ess_sink_rows_total") >= 20_000.0,
+        "rows counted: {}",
+        metric(&metrics, "ess_sink_rows_total")
+    );
 
     // One event read back column by column.
     let (id, json) = event_json(7);
@@ -75,6 +87,7 @@ async fn every_event_is_stored_once_with_exact_columns_and_offsets_committed() {
 async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_partition_moves_on() {
     let eph = Ephemeral::new(1).await;
     let config = test_config(eph.config.clone());
+    stop_merges(&config).await;
     let producer = producer(&config);
     produce(&config, &producer, 100, 0).await;
     produce_raw(&config, &producer, 0, "poison", b"{not json").await;
@@ -134,6 +147,7 @@ async fn rows_stored_but_not_committed_are_not_written_again() {
     // 0..300 of partition 0 directly (the same events the topic holds), commit nothing.
     let eph = Ephemeral::new(1).await;
     let config = test_config(eph.config.clone());
+    stop_merges(&config).await;
     let events = produce_to_partition_0(&config, 1_000).await;
     insert_at_offsets(&eph, &config, &events[..300]).await;
 
@@ -158,6 +172,7 @@ async fn rows_of_an_earlier_topic_at_the_same_offsets_do_not_hide_new_events() {
     // rows at offsets 0..300 of partition 0. Those are other events; every new one is stored.
     let eph = Ephemeral::new(1).await;
     let config = test_config(eph.config.clone());
+    stop_merges(&config).await;
     let earlier: Vec<Vec<u8>> = (0..300u64).map(|i| event_json(i).1).collect();
     insert_at_offsets(&eph, &config, &earlier).await;
     produce_to_partition_0(&config, 1_000).await;
@@ -222,6 +237,7 @@ async fn both_write_paths_put_every_row_on_the_shard_clickhouse_chooses() {
         let eph = Ephemeral::new(4).await;
         let mut config = test_config(eph.config.clone());
         config.sink.write_path = path;
+        stop_merges(&config).await;
         let producer = producer(&config);
         produce(&config, &producer, 6_000, 0).await;
         let sink = InProcess::start(&config).await;
@@ -275,4 +291,200 @@ async fn both_write_paths_put_every_row_on_the_shard_clickhouse_chooses() {
         }
         eph.cleanup().await;
     }
+}
+
+#[tokio::test]
+async fn rows_clickhouse_refuses_go_to_the_dead_letter_topic_and_the_rest_is_stored() {
+    let eph = Ephemeral::new(1).await;
+    let config = test_config(eph.config.clone());
+    stop_merges(&config).await;
+    // The table refuses a row whose source is "poison" (code 6, CANNOT_PARSE_TEXT), as it
+    // would refuse a value it cannot take.
+    let client = eph.client(&config.clickhouse.url).await;
+    client
+        .query(&format!(
+            "ALTER TABLE {}.{} ON CLUSTER {} ADD COLUMN refuse UInt8 \
+             MATERIALIZED toUInt8(if(source = 'poison', 'x', '0'))",
+            config.clickhouse.database,
+            config.clickhouse.local_table(),
+            config.clickhouse.cluster
+        ))
+        .execute()
+        .await
+        .expect("alter");
+    let producer = producer(&config);
+    let mut poison = Vec::new();
+    for i in 0..600u64 {
+        let source = if i % 200 == 77 { "poison" } else { "it" };
+        let (id, json) = event_json_at(i, source, ess_core::event::Millis::now().0);
+        if source == "poison" {
+            poison.push(id);
+        }
+        produce_raw(&config, &producer, 0, &id.to_string(), &json).await;
+    }
+    let sink = InProcess::start(&config).await;
+    assert_eq!(
+        wait_for_rows(&config, 597, Duration::from_secs(60)).await,
+        (597, 597)
+    );
+
+    let dlq: StreamConsumer = ess_core::kafka::client_config(&config.kafka)
+        .set("group.id", format!("{}.dlq-reader", config.sink.group_id))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    dlq.subscribe(&[&config.kafka.dlq_topic])
+        .expect("subscribe");
+    let mut letters = Vec::new();
+    while letters.len() < 3 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+            .await
+            .expect("three dead letters within 30 s")
+            .expect("message");
+        let reason = msg
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "ess-error"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let event = ess_core::event::WireEvent::from_json(msg.payload().unwrap_or_default())
+            .expect("a dead letter of a refused row is the event as JSON");
+        assert!(reason.contains("clickhouse refused"), "{reason}");
+        assert_eq!(msg.key(), Some(event.id.to_string().as_bytes()));
+        letters.push(event.id);
+    }
+    letters.sort();
+    poison.sort();
+    assert_eq!(letters, poison, "exactly the refused rows");
+    drop(dlq);
+    sink.stop().await.expect("stop");
+    assert_eq!(counts(&config).await, (597, 597));
+    assert_eq!(
+        committed_total(&config, 1),
+        600,
+        "refused rows are committed too"
+    );
+    eph.cleanup().await;
+}
+
+#[tokio::test]
+async fn revoke_and_shutdown_give_up_on_inserts_that_cannot_finish() {
+    let eph = Ephemeral::new(4).await;
+    let mut config = test_config(eph.config.clone());
+    config.sink.revoke_timeout = Duration::from_secs(3);
+    config.sink.shutdown_timeout = Duration::from_secs(3);
+    config.sink.retry_max_backoff = Duration::from_millis(500);
+    stop_merges(&config).await;
+    // Every insert fails (unknown table, retried) while the local tables are renamed away.
+    let rename = |from: &str, to: &str| {
+        let sql = format!(
+            "RENAME TABLE {db}.{from} TO {db}.{to}",
+            db = config.clickhouse.database
+        );
+        let config = config.clone();
+        async move {
+            for url in config.clickhouse.all_nodes() {
+                ess_core::clickhouse::client(&config.clickhouse, &url)
+                    .with_validation(false)
+                    .query(&sql)
+                    .execute()
+                    .await
+                    .expect("rename");
+            }
+        }
+    };
+    let local = config.clickhouse.local_table();
+    rename(&local, "away").await;
+    let producer = producer(&config);
+    produce(&config, &producer, 2_000, 0).await;
+    let first = InProcess::start(&config).await;
+    eventually(Duration::from_secs(30), "the first sink reads", || async {
+        (first.health().assigned.load(Ordering::Relaxed) == 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A second member joins: the first cannot store what it holds and gives up after
+    // `revoke_timeout`, so the group rebalances and the newcomer gets partitions.
+    let second = InProcess::start(&config).await;
+    eventually(
+        Duration::from_secs(40),
+        "the second sink gets partitions",
+        || async { (second.health().assigned.load(Ordering::Relaxed) > 0).then_some(()) },
+    )
+    .await;
+    assert!(first.health().revocations.load(Ordering::Relaxed) >= 1);
+
+    // Shutdown gives up after `shutdown_timeout`, commits nothing unstored.
+    let started = std::time::Instant::now();
+    first
+        .stop()
+        .await
+        .expect("stops although inserts keep failing");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        committed_total(&config, 4),
+        0,
+        "nothing stored, nothing committed"
+    );
+
+    rename("away", &local).await;
+    assert_eq!(
+        wait_for_rows(&config, 2_000, Duration::from_secs(60)).await,
+        (2_000, 2_000)
+    );
+    second.stop().await.expect("stop");
+    assert_eq!(counts(&config).await, (2_000, 2_000));
+    assert_eq!(committed_total(&config, 4), 2_000);
+    eph.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_over_more_than_a_hundred_months_are_stored_whole_in_blocks_by_month() {
+    let eph = Ephemeral::new(2).await;
+    let mut config = test_config(eph.config.clone());
+    config.sink.batch_rows = 100_000;
+    config.sink.batch_max_wait = Duration::from_secs(2);
+    stop_merges(&config).await;
+    let producer = producer(&config);
+    // 2,600 events over 130 months from January 2015: a backfill.
+    let month_ms = 31 * 86_400_000i64;
+    let sends = (0..2_600u64).map(|i| {
+        let t = 1_420_070_400_000 + (i % 130) as i64 * month_ms + i as i64;
+        let (id, json) = event_json_at(i, "backfill", t);
+        let (config, producer) = (&config, &producer);
+        async move {
+            produce_raw(config, producer, (i % 2) as i32, &id.to_string(), &json).await;
+        }
+    });
+    futures::future::join_all(sends).await;
+    let sink = InProcess::start(&config).await;
+    assert_eq!(
+        wait_for_rows(&config, 2_600, Duration::from_secs(60)).await,
+        (2_600, 2_600)
+    );
+    let (_, metrics) = http_get(sink.addr(), "/metrics").await;
+    assert!(
+        metric(&metrics, "ess_sink_month_splits_total") >= 1.0,
+        "a part spanning 130 months was split"
+    );
+    sink.stop().await.expect("stop");
+    let client = eph.client(&config.clickhouse.url).await;
+    let months: u64 = client
+        .query(&format!(
+            "SELECT uniqExact(toYYYYMM(toDateTime(intDiv({}, 1000), 'UTC'))) FROM {}",
+            eph.migrated.schema.millis("event_time"),
+            config.clickhouse.table
+        ))
+        .fetch_one()
+        .await
+        .expect("months");
+    assert_eq!(months, 130);
+    assert_eq!(counts(&config).await, (2_600, 2_600));
+    assert_eq!(committed_total(&config, 2), 2_600);
+    eph.cleanup().await;
 }

@@ -11,6 +11,7 @@ use crate::support::*;
 async fn sinks_joining_and_leaving_mid_stream_store_every_event_once() {
     let eph = Ephemeral::new(8).await;
     let config = test_config(eph.config.clone());
+    stop_merges(&config).await;
     let producer = producer(&config);
     const ROUNDS: u64 = 12;
     const PER_ROUND: u64 = 5_000;
@@ -38,7 +39,7 @@ async fn sinks_joining_and_leaving_mid_stream_store_every_event_once() {
         "the third sink gets partitions",
         || async {
             (third.health().ready.load(Ordering::Relaxed)
-                && third.health().assignments.load(Ordering::Relaxed) > 0)
+                && third.health().assigned.load(Ordering::Relaxed) > 0)
                 .then_some(())
         },
     )
@@ -56,7 +57,8 @@ async fn sinks_joining_and_leaving_mid_stream_store_every_event_once() {
     );
     second.stop().await.expect("stop");
     third.stop().await.expect("stop");
-    assert_eq!(counts(&config).await, (total, total), "no late duplicates");
+    // Raw rows (merges are stopped): a duplicate written at a rebalance is still a row.
+    assert_eq!(counts(&config).await, (total, total), "no duplicates");
     assert_eq!(committed_total(&config, 8), total as i64);
     eph.cleanup().await;
 }

@@ -43,6 +43,11 @@ pub fn producer(config: &Config) -> FutureProducer {
 
 /// An event with a unicode property; `n` makes its properties unique.
 pub fn event_json(n: u64) -> (uuid::Uuid, Vec<u8>) {
+    event_json_at(n, "it", Millis::now().0 - 1234)
+}
+
+/// An event from `source` whose client time is `timestamp` (ms).
+pub fn event_json_at(n: u64, source: &str, timestamp: i64) -> (uuid::Uuid, Vec<u8>) {
     let id = uuid::Uuid::now_v7();
     let props = RawValue::from_string(format!(
         r#"{{"n":{n},"text":"héllo wörld ✓ 日本 🚀","q":"\"x\""}}"#
@@ -52,8 +57,8 @@ pub fn event_json(n: u64) -> (uuid::Uuid, Vec<u8>) {
     let event = WireEvent {
         id,
         kind: "page_view".into(),
-        source: "it".into(),
-        timestamp: Millis(now.0 - 1234),
+        source: source.into(),
+        timestamp: Millis(timestamp),
         ingest_time: now,
         properties: &props,
         ..WireEvent::default()
@@ -127,6 +132,11 @@ impl InProcess {
         &self.running.health
     }
 
+    /// Where its `/metrics`, `/healthz` and `/readyz` listen.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.running.addr.expect("the test config listens")
+    }
+
     /// Graceful stop; returns what `run` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -136,6 +146,108 @@ impl InProcess {
             .await
             .expect("sink stops within 60 s")
     }
+}
+
+/// Stops background merges of the test's replicated tables on every node, so a duplicate
+/// stays a row of its own until the test counts it (the tables are ReplacingMergeTree).
+pub async fn stop_merges(config: &Config) {
+    for url in config.clickhouse.all_nodes() {
+        let client = ess_core::clickhouse::client(&config.clickhouse, &url).with_validation(false);
+        client
+            .query(&format!(
+                "SYSTEM STOP MERGES {}.{}",
+                config.clickhouse.database,
+                config.clickhouse.local_table()
+            ))
+            .execute()
+            .await
+            .expect("stop merges");
+    }
+}
+
+/// Rows per node in its local table, `(url, count, uniqExact)`.
+pub async fn local_counts(config: &Config) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for url in config.clickhouse.all_nodes() {
+        let client = ess_core::clickhouse::client(&config.clickhouse, &url)
+            .with_validation(false)
+            .with_database(&config.clickhouse.database);
+        let (c, u) = client
+            .query(&format!(
+                "SELECT count(), uniqExact(id) FROM {}",
+                config.clickhouse.local_table()
+            ))
+            .fetch_one::<(u64, u64)>()
+            .await
+            .expect("local count");
+        out.push((url, c, u));
+    }
+    out
+}
+
+/// Waits until the two replicas of each shard (nodes 1+2, 3+4) hold the same raw rows and
+/// the shards add up to `n`; every replica without duplicates.
+pub async fn replicas_settle(config: &Config, n: u64, timeout: Duration) {
+    let mut last = Vec::new();
+    let settled = tokio::time::timeout(timeout, async {
+        loop {
+            if let Ok(Ok(counts)) = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::spawn({
+                    let config = config.clone();
+                    async move { local_counts(&config).await }
+                }),
+            )
+            .await
+            {
+                let ok = counts.len() == 4
+                    && counts.iter().all(|(_, c, u)| c == u)
+                    && counts[0].1 == counts[1].1
+                    && counts[2].1 == counts[3].1
+                    && counts[0].1 + counts[2].1 == n;
+                last = counts;
+                if ok {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "replicas never settled on {n} rows: (node, rows, unique) = {last:?}"
+    );
+}
+
+/// `GET path` on a sink's endpoint: `(status, body)`.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("response");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The value of a counter or gauge in Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// `(count(), uniqExact(id))` on the table users query.
@@ -193,4 +305,106 @@ pub fn committed_total(config: &Config, partitions: i32) -> i64 {
             _ => 0,
         })
         .sum()
+}
+
+/// Set in a child process of the test binary to the config file of the sink it runs.
+const CHILD_CONFIG: &str = "ESS_IT_CHILD_SINK_CONFIG";
+
+/// A sink in a process of its own (the test binary running [`child_sink`]), so a test can
+/// freeze it with SIGSTOP.
+pub struct ChildSink {
+    child: std::process::Child,
+    /// Its `/metrics`, `/healthz`, `/readyz`.
+    pub addr: std::net::SocketAddr,
+    /// Its log file.
+    pub log: std::path::PathBuf,
+}
+
+impl ChildSink {
+    pub fn start(config: &Config, name: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut config = config.clone();
+        config.sink.listen = format!("127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(ess_testkit::unique(name));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("sink.toml");
+        std::fs::write(&path, config.to_toml()).expect("config file");
+        let log = dir.join("sink.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--ignored", "--exact", "support::child_sink", "--nocapture"])
+            .env(CHILD_CONFIG, &path)
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("child sink");
+        Self {
+            child,
+            addr: config.sink.listen.parse().expect("address"),
+            log,
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        signal_pid(self.child.id(), signal);
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    pub async fn stop(mut self) -> bool {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child sink did not stop; log: {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ChildSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill -SIGNAL pid`.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// The sink process of [`ChildSink`]; does nothing when run otherwise.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "the sink process of tests that freeze one; they run it"]
+async fn child_sink() {
+    let Ok(path) = std::env::var(CHILD_CONFIG) else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,librdkafka=warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = Config::load(Some(std::path::Path::new(&path)), &[]).expect("config");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    ess_sink::run(config, async move {
+        term.recv().await;
+    })
+    .await
+    .expect("sink runs and stops cleanly");
 }
