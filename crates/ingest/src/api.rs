@@ -82,6 +82,19 @@ pub enum ApiError {
         /// `Retry-After` seconds.
         retry_after: u32,
     },
+    /// The byte budget (`max_buffered_bytes`) cannot hold the request now.
+    #[error("overloaded: too many request bytes are held; retry later")]
+    Overloaded {
+        /// `Retry-After` seconds.
+        retry_after: u32,
+    },
+    /// The server is shutting down and takes no new work (the request's events were not
+    /// handed to the producer).
+    #[error("shutting down: the request was not processed; retry on another instance")]
+    ShuttingDown {
+        /// `Retry-After` seconds.
+        retry_after: u32,
+    },
     /// The broker did not acknowledge every event. Those not `stored` may still appear in
     /// Kafka: clients retry with the same ids, and storage deduplicates by id.
     #[error("{message}")]
@@ -117,9 +130,12 @@ impl ApiError {
             Self::Auth(AuthError::RateLimited(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::NotReady { .. } | Self::QueueFull { .. } | Self::Unavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NotReady { .. }
+            | Self::QueueFull { .. }
+            | Self::Overloaded { .. }
+            | Self::ShuttingDown { .. }
+            | Self::Unavailable { .. }
+            | Self::Body(BodyError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -133,6 +149,8 @@ impl ApiError {
             Self::Body(BodyError::Encoding(_)) => "unsupported_encoding",
             Self::Body(BodyError::TooLarge(..)) => "body_too_large",
             Self::Body(BodyError::Corrupt(_)) => "invalid_encoding",
+            Self::Body(BodyError::Overloaded) | Self::Overloaded { .. } => "overloaded",
+            Self::ShuttingDown { .. } => "shutting_down",
             Self::Auth(AuthError::Missing) => "missing_api_key",
             Self::Auth(AuthError::Invalid) => "invalid_api_key",
             Self::Auth(AuthError::RateLimited(_)) => "rate_limited",
@@ -153,7 +171,10 @@ impl ApiError {
             }
             Self::NotReady { retry_after }
             | Self::QueueFull { retry_after }
+            | Self::Overloaded { retry_after }
+            | Self::ShuttingDown { retry_after }
             | Self::Unavailable { retry_after, .. } => Some(u64::from(*retry_after)),
+            Self::Body(BodyError::Overloaded) => Some(1),
             _ => None,
         }
     }

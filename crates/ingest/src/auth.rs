@@ -89,6 +89,18 @@ impl Keys {
         })
     }
 
+    /// Whether the caller's bucket has a token left: refuses, from the headers alone, a
+    /// request that could not pass whatever its body holds. Takes nothing.
+    pub fn has_tokens(&self, caller: &Caller<'_>) -> Result<(), AuthError> {
+        match caller.index.and_then(|i| self.keys.get(i)) {
+            Some(entry) => entry
+                .bucket
+                .peek(Instant::now())
+                .map_err(AuthError::RateLimited),
+            None => Ok(()),
+        }
+    }
+
     /// Takes `events` tokens from the caller's bucket.
     pub fn take(&self, caller: &Caller<'_>, events: usize) -> Result<(), AuthError> {
         match caller.index.and_then(|i| self.keys.get(i)) {
@@ -129,6 +141,22 @@ impl Bucket {
             rate: f64::from(rate),
             burst: f64::from(burst),
             state: Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    /// Whether one token is there, or how long until there will be one; takes nothing.
+    fn peek(&self, now: Instant) -> Result<(), Duration> {
+        let state = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (tokens, last) = *state;
+        let elapsed = now.saturating_duration_since(last).as_secs_f64();
+        let tokens = (tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
         }
     }
 
@@ -215,5 +243,18 @@ mod tests {
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
         assert!(bucket.take(5.0, t0 + Duration::from_millis(500)).is_ok());
         assert!(bucket.take(1.0, t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn peeking_takes_nothing() {
+        let bucket = Bucket::new(10, 2);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert!(bucket.peek(t0).is_ok());
+        }
+        assert!(bucket.take(2.0, t0).is_ok());
+        let wait = bucket.peek(t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        assert!(bucket.peek(t0 + Duration::from_millis(100)).is_ok());
     }
 }

@@ -1,13 +1,16 @@
 //! Request bodies: media types, content encodings, and decompression with a hard cap.
 //!
 //! Compressed bodies are stream-decoded into a buffer that stops one byte past the limit, so a
-//! gzip bomb costs at most `max_body_bytes + 1` bytes of memory and is answered 413.
+//! gzip bomb costs at most `max_body_bytes + 1` bytes of memory and is answered 413. The
+//! buffer grows only as far as the request's share of the byte budget does.
 
 use std::io::Read;
 
 use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use bytes::Bytes;
+
+use crate::budget::Held;
 
 /// How the events in a body are framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +47,9 @@ pub enum BodyError {
     /// The compressed data is corrupt.
     #[error("the body is not valid {0} data")]
     Corrupt(&'static str),
+    /// The byte budget cannot hold the decompressed body now.
+    #[error("overloaded: too many request bytes are held; retry later")]
+    Overloaded,
 }
 
 /// Reads `Content-Type`; `ndjson_ok` says whether NDJSON is allowed on this endpoint.
@@ -96,16 +102,25 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, BodyError> {
     }
 }
 
-/// Decodes `data` into at most `limit` bytes.
-pub fn decode(data: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, BodyError> {
+/// Decodes `data` into at most `limit` bytes, growing `held` by the bytes it allocates.
+pub fn decode(
+    data: Bytes,
+    encoding: Encoding,
+    limit: usize,
+    held: &mut Held,
+) -> Result<Bytes, BodyError> {
     let out = match encoding {
         Encoding::Identity => return Ok(data),
-        Encoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(&data[..]), limit)
-            .map_err(|_| BodyError::Corrupt("gzip"))?,
+        Encoding::Gzip => read_capped(
+            flate2::read::MultiGzDecoder::new(&data[..]),
+            limit,
+            held,
+            "gzip",
+        )?,
         Encoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&data[..])
                 .map_err(|_| BodyError::Corrupt("zstd"))?;
-            read_capped(decoder, limit).map_err(|_| BodyError::Corrupt("zstd"))?
+            read_capped(decoder, limit, held, "zstd")?
         }
     };
     if out.len() > limit {
@@ -114,9 +129,37 @@ pub fn decode(data: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, Bo
     Ok(Bytes::from(out))
 }
 
-fn read_capped(reader: impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    reader.take(limit as u64 + 1).read_to_end(&mut out)?;
+/// The first allocation for decoded bytes.
+const FIRST_DECODE_BYTES: usize = 16 * 1024;
+
+/// Reads until the end or one byte past `limit`; every allocation is taken from `held` first.
+fn read_capped(
+    mut reader: impl Read,
+    limit: usize,
+    held: &mut Held,
+    name: &'static str,
+) -> Result<Vec<u8>, BodyError> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while out.len() <= limit {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n.min(limit + 1 - out.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(BodyError::Corrupt(name)),
+        };
+        if out.len() + n > out.capacity() {
+            let want = (out.capacity() * 2)
+                .max(out.len() + n)
+                .max(FIRST_DECODE_BYTES)
+                .min(limit + 1);
+            if !held.grow(want - out.capacity()) {
+                return Err(BodyError::Overloaded);
+            }
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
     Ok(out)
 }
 
@@ -127,6 +170,11 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+    use crate::budget::Budget;
+
+    fn held() -> Held {
+        Budget::new(usize::MAX).hold(0).unwrap()
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -164,19 +212,35 @@ mod tests {
         gz.write_all(&vec![b' '; 50 << 20]).unwrap();
         let bomb = Bytes::from(gz.finish().unwrap());
         assert!(bomb.len() < 100 << 10);
+        let mut held = held();
         assert_eq!(
-            decode(bomb, Encoding::Gzip, 1 << 20),
+            decode(bomb.clone(), Encoding::Gzip, 1 << 20, &mut held),
             Err(BodyError::TooLarge(1 << 20, " after decompression"))
         );
+        // What was allocated is what the budget was charged, at most the limit + 1.
+        assert!(held.bytes() <= (1 << 20) + 1, "{}", held.bytes());
+        // A budget smaller than what the body decodes to refuses it.
+        let budget = Budget::new(256 * 1024);
+        let mut small = budget.hold(0).unwrap();
+        assert_eq!(
+            decode(bomb, Encoding::Gzip, 1 << 20, &mut small),
+            Err(BodyError::Overloaded)
+        );
+        assert!(budget.used() <= 256 * 1024);
     }
 
     #[test]
     fn zstd_round_trip_and_corrupt_data() {
         let packed = zstd::encode_all(&b"{\"type\":\"a\"}"[..], 3).unwrap();
-        let out = decode(Bytes::from(packed), Encoding::Zstd, 100).unwrap();
+        let out = decode(Bytes::from(packed), Encoding::Zstd, 100, &mut held()).unwrap();
         assert_eq!(&out[..], b"{\"type\":\"a\"}");
         assert_eq!(
-            decode(Bytes::from_static(b"not gzip"), Encoding::Gzip, 100),
+            decode(
+                Bytes::from_static(b"not gzip"),
+                Encoding::Gzip,
+                100,
+                &mut held()
+            ),
             Err(BodyError::Corrupt("gzip"))
         );
     }

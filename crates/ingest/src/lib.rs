@@ -7,9 +7,13 @@
 //! them with the same ids (storage deduplicates by id). The API is documented in `docs/api.md`.
 //!
 //! # Layout
-//! - [`server`]: binding, readiness, graceful shutdown ([`run`], [`serve`]).
+//! - [`server`]: binding, readiness, a shutdown that ends within `shutdown_timeout` ([`run`],
+//!   [`serve`]).
+//! - [`conn`]: connections: the cap, the head and idle timeouts, closing them at shutdown.
 //! - [`router`]: routes, handlers and the shared state ([`app`]).
 //! - [`api`]: the response bodies and the error → status mapping.
+//! - [`intake`]: taking in a body: size, byte budget, read timeout, decompression, shutdown.
+//! - [`budget`]: the byte budget shared by all requests (`max_buffered_bytes`).
 //! - [`event`]: reading and validating events from a body (single, array, NDJSON).
 //! - [`body`]: media types, content encodings, capped decompression.
 //! - [`auth`]: API keys (constant-time) and their token buckets.
@@ -19,7 +23,10 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod budget;
+pub mod conn;
 pub mod event;
+pub mod intake;
 pub mod metrics;
 pub mod producer;
 pub mod router;
@@ -57,6 +64,9 @@ pub enum Error {
     Internal(String),
 }
 
+/// How long the server's own runtime waits for blocking calls once serving ended.
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Binds `ingest.listen` and serves until `shutdown` resolves (what `ess ingest` runs).
 ///
 /// With `ingest.workers` ≥ 1 the server runs on a runtime of its own (single-threaded for 1),
@@ -88,9 +98,15 @@ pub async fn run(
                     .build()
             };
             let result = match runtime {
-                Ok(runtime) => runtime.block_on(server::run(config, async {
-                    let _ = stop_rx.await;
-                })),
+                Ok(runtime) => {
+                    let result = runtime.block_on(server::run(config, async {
+                        let _ = stop_rx.await;
+                    }));
+                    // Do not wait for a blocking call still running (a metadata request
+                    // of the readiness probe): shutdown has its deadline.
+                    runtime.shutdown_timeout(RUNTIME_STOP);
+                    result
+                }
                 Err(e) => Err(Error::Internal(format!(
                     "cannot start the ingest runtime: {e}"
                 ))),

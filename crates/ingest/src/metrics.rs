@@ -19,6 +19,10 @@ const LATENCY: &str = "ess_ingest_produce_latency_seconds";
 const BROKER_RTT: &str = "ess_ingest_broker_rtt_seconds";
 const QUEUE_LATENCY: &str = "ess_ingest_producer_queue_latency_seconds";
 const BATCH_EVENTS: &str = "ess_ingest_produce_batch_events";
+const CONNECTIONS: &str = "ess_ingest_connections_open";
+const REFUSED: &str = "ess_ingest_connections_refused_total";
+const TIMEOUTS: &str = "ess_ingest_connection_timeouts_total";
+const BUFFERED: &str = "ess_ingest_buffered_bytes";
 
 /// Statuses counted under their own label; any other is counted as `other`.
 const STATUSES: [u16; 13] = [
@@ -43,6 +47,16 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Time from the first enqueue to the last verdict of a request.
     pub produce_latency: Histogram,
+    /// Connections open now.
+    pub connections_open: Gauge,
+    /// Connections answered 503 at once because `max_connections` were open.
+    pub connections_refused: Counter,
+    /// Connections closed because a request head did not arrive in time.
+    pub head_timeouts: Counter,
+    /// Kept-alive connections closed because no request came in time.
+    pub idle_timeouts: Counter,
+    /// Bytes of request bodies held (the byte budget in use).
+    pub buffered_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,6 +110,28 @@ impl Metrics {
             None,
             "Average events per produce batch over librdkafka's last statistics window".into(),
         );
+        recorder.describe_gauge(CONNECTIONS.into(), None, "Open HTTP connections".into());
+        recorder.describe_counter(
+            REFUSED.into(),
+            None,
+            "Connections answered 503 at once because ingest.max_connections were open".into(),
+        );
+        recorder.describe_counter(
+            TIMEOUTS.into(),
+            None,
+            "Connections closed by a timeout: head (request head not in time) or idle (no next request in time)".into(),
+        );
+        recorder.describe_gauge(
+            BUFFERED.into(),
+            Some(Unit::Bytes),
+            "Bytes of request bodies held, as received, decompressed and parsed (ingest.max_buffered_bytes bounds it)".into(),
+        );
+        let timeouts = |phase: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(TIMEOUTS, vec![Label::new("phase", phase)]),
+                &META,
+            )
+        };
         let status = |value: String| {
             recorder.register_counter(
                 &Key::from_parts(REQUESTS, vec![Label::new("status", value)]),
@@ -108,6 +144,11 @@ impl Metrics {
             accepted: recorder.register_counter(&Key::from_static_name(ACCEPTED), &META),
             queue_depth: recorder.register_gauge(&Key::from_static_name(QUEUE), &META),
             produce_latency: recorder.register_histogram(&Key::from_static_name(LATENCY), &META),
+            connections_open: recorder.register_gauge(&Key::from_static_name(CONNECTIONS), &META),
+            connections_refused: recorder.register_counter(&Key::from_static_name(REFUSED), &META),
+            head_timeouts: timeouts("head"),
+            idle_timeouts: timeouts("idle"),
+            buffered_bytes: recorder.register_gauge(&Key::from_static_name(BUFFERED), &META),
             handle: recorder.handle(),
             recorder: Arc::new(recorder),
         }

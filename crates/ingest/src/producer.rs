@@ -74,9 +74,10 @@ impl std::fmt::Debug for Producer {
 pub enum Outcome {
     /// The broker acknowledged it (all in-sync replicas have it).
     Stored,
-    /// The producer reported a failure; it is very likely not in Kafka.
+    /// The producer reported a failure that librdkafka counts as not persisted: not in Kafka.
     Failed,
-    /// No verdict in time; it may or may not be in Kafka.
+    /// No verdict in time, or a failure after which it may be in Kafka (librdkafka's
+    /// "possibly persisted": a timeout or a broken connection after the message was sent).
     Unknown,
     /// Not handed to the producer (an earlier event of the request hit a full queue).
     NotSent,
@@ -287,9 +288,36 @@ fn outcome(result: <DeliveryFuture as Future>::Output) -> Outcome {
         Ok(Ok(_)) => Outcome::Stored,
         Ok(Err((e, _))) => {
             tracing::debug!(error = %e, "delivery failed");
-            Outcome::Failed
+            failure(&e)
         }
         Err(_canceled) => Outcome::Unknown,
+    }
+}
+
+/// Sorts a delivery error as librdkafka sorts it (`rd_kafka_err_action` and the produce error
+/// handler in `rdkafka_request.c`): errors it marks "possibly persisted" are `Unknown`, the
+/// others `Failed`. A message timeout counts as possibly persisted: librdkafka says so for a
+/// message that timed out in flight, and the error alone does not tell it from one that never
+/// left the queue.
+fn failure(error: &KafkaError) -> Outcome {
+    use RDKafkaErrorCode as C;
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return Outcome::Unknown,
+    };
+    match code {
+        C::BrokerTransportFailure
+        | C::SSL
+        | C::OperationTimedOut
+        | C::RequestTimedOut
+        | C::NotEnoughReplicasAfterAppend
+        | C::PurgeInflight
+        | C::BadMessage
+        | C::MessageTimedOut
+        | C::OutOfOrderSequenceNumber
+        | C::DuplicateSequenceNumber
+        | C::Fatal => Outcome::Unknown,
+        _ => Outcome::Failed,
     }
 }
 
@@ -314,5 +342,37 @@ impl Future for AllDone<'_> {
             }
         }
         if all { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn possibly_persisted_errors_are_unknown_others_failed() {
+        use RDKafkaErrorCode as C;
+        let sorted = |code| failure(&KafkaError::MessageProduction(code));
+        for code in [
+            C::MessageTimedOut,
+            C::BrokerTransportFailure,
+            C::RequestTimedOut,
+            C::OperationTimedOut,
+            C::NotEnoughReplicasAfterAppend,
+            C::PurgeInflight,
+            C::OutOfOrderSequenceNumber,
+        ] {
+            assert_eq!(sorted(code), Outcome::Unknown, "{code:?}");
+        }
+        for code in [
+            C::MessageSizeTooLarge,
+            C::UnknownTopicOrPartition,
+            C::NotEnoughReplicas,
+            C::TopicAuthorizationFailed,
+            C::PurgeQueue,
+            C::InvalidRecord,
+        ] {
+            assert_eq!(sorted(code), Outcome::Failed, "{code:?}");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Routes and handlers.
 //!
-//! A request goes: API key → media type and encoding → body (capped, with a read timeout) →
-//! decompression (capped) → validation of every event → rate limit → producer → wait for the
-//! broker's verdict on every event → 202, or an error (see [`crate::api`]).
+//! A request goes: API key → media type and encoding → the key has tokens left → body within
+//! the size, the byte budget and the read timeout, decompressed ([`crate::intake`]) →
+//! validation of every event → rate limit → producer → wait for the broker's verdict on every
+//! event → 202, or an error (see [`crate::api`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -10,28 +11,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
 use ess_core::config::{Config, IngestConfig};
 use ess_core::event::{Millis, WireEvent};
-use http_body_util::BodyExt;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::api::{Accepted, ApiError, EventResult, json_response};
 use crate::auth::Keys;
-use crate::body::{self, BodyError, Encoding, Format};
+use crate::body::{self, Format};
 use crate::event::{self, Event, Limits};
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::producer::{EnqueueError, Outcome, Producer};
-
-/// Compressed bodies larger than this are decoded on a blocking thread.
-const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -39,6 +35,7 @@ pub struct AppState {
     config: IngestConfig,
     limits: Limits,
     keys: Keys,
+    intake: Intake,
     producer: Producer,
     metrics: Metrics,
     ready: AtomicBool,
@@ -61,6 +58,7 @@ impl AppState {
                 max_batch_events: ingest.max_batch_events,
             },
             keys: Keys::new(ingest.auth, &ingest.api_keys),
+            intake: Intake::new(ingest),
             producer: Producer::new(config, stats).map_err(crate::Error::Producer)?,
             metrics,
             ready: AtomicBool::new(false),
@@ -85,9 +83,16 @@ impl AppState {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Marks the server as draining (readiness turns 503).
+    /// Marks the server as draining: readiness turns 503, and requests not yet at the
+    /// producer get 503 `shutting_down`.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+        self.intake.stop();
+    }
+
+    /// The body limits and the byte budget.
+    pub fn intake(&self) -> &Intake {
+        &self.intake
     }
 
     fn respond(&self, response: Response) -> Response {
@@ -139,6 +144,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .metrics
         .queue_depth
         .set(f64::from(state.producer.queue_depth()));
+    state
+        .metrics
+        .buffered_bytes
+        .set(state.intake.buffered_bytes() as f64);
     let mut response = (StatusCode::OK, state.metrics.render()).into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -160,92 +169,24 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
     let caller = state.keys.check(&parts.headers)?;
     let format = body::format(&parts.headers, batch)?;
     let encoding = body::encoding(&parts.headers)?;
-    let raw = read_body(state, &parts.headers, body).await?;
-    let decoded = decode(raw, encoding, state.config.max_body_bytes).await?;
-    let text = event::as_text(&decoded)?;
+    state.keys.has_tokens(&caller)?;
+    let mut received = state.intake.receive(&parts.headers, body, encoding).await?;
+    let text = event::as_text(&received.bytes)?;
     let events = match (batch, format) {
         (false, _) => vec![event::parse_single(text, &state.limits)?],
         (true, Format::Json) => event::parse_array(text, &state.limits)?,
         (true, Format::Ndjson) => event::parse_ndjson(text, &state.limits)?,
     };
+    state.intake.hold_events(&mut received.held, events.len())?;
     state.keys.take(&caller, events.len())?;
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::NotReady {
             retry_after: state.config.retry_after_secs,
         });
     }
+    state.intake.admit()?;
     let source = caller.id.unwrap_or("");
     produce(state, &events, source, batch).await
-}
-
-async fn read_body(
-    state: &AppState,
-    headers: &axum::http::HeaderMap,
-    body: Body,
-) -> Result<Bytes, ApiError> {
-    let limit = state.config.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        drain(body, state.config.read_timeout).await;
-        return Err(BodyError::TooLarge(limit, "").into());
-    }
-    let mut body = body;
-    let read = async {
-        let mut buf = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ApiError::BodyRead)?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Ok::<_, ApiError>(None);
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok(Some(buf.freeze()))
-    };
-    let collected = tokio::time::timeout(state.config.read_timeout, read)
-        .await
-        .map_err(|_| ApiError::ReadTimeout)??;
-    match collected {
-        Some(bytes) => Ok(bytes),
-        None => {
-            drain(body, state.config.read_timeout).await;
-            Err(BodyError::TooLarge(limit, "").into())
-        }
-    }
-}
-
-/// Most bytes read and thrown away after refusing an oversized body.
-const DRAIN_BYTES: u64 = 64 << 20;
-
-/// Reads and discards what is left of a refused body (up to [`DRAIN_BYTES`] within
-/// `timeout`), so the client has finished sending when the 413 arrives. A server that answers
-/// and closes with unread bytes makes the kernel reset the connection, and the client never
-/// sees the answer.
-async fn drain(mut body: Body, timeout: std::time::Duration) {
-    let discard = async {
-        let mut seen = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if seen > DRAIN_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, discard).await;
-}
-
-async fn decode(raw: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, ApiError> {
-    if encoding == Encoding::Identity || raw.len() <= INLINE_DECODE_BYTES {
-        return Ok(body::decode(raw, encoding, limit)?);
-    }
-    match tokio::task::spawn_blocking(move || body::decode(raw, encoding, limit)).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(ApiError::BodyRead),
-    }
 }
 
 /// Hands every event to the producer, then waits for the broker's verdict on each.
@@ -352,6 +293,7 @@ async fn produce(
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
     use axum::http::Request as HttpRequest;
     use ess_core::config::ApiKey;
     use http_body_util::BodyExt;

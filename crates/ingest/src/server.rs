@@ -1,8 +1,11 @@
-//! Serving: the listener, readiness, and graceful shutdown.
+//! Serving: the listener, readiness, and a shutdown that ends in time.
 //!
-//! On shutdown: readiness turns 503, the listener closes, in-flight requests finish (each is
-//! bounded by the read and produce timeouts), idle keep-alive connections are closed, then the
-//! producer is flushed for at most `ingest.shutdown_timeout`.
+//! On shutdown, all within `ingest.shutdown_timeout` of the signal: readiness turns 503, the
+//! listener closes, connections without a request in the handler (fresh, half-open, idle) are
+//! closed at once, requests not yet at the producer get 503 `shutting_down`, requests whose
+//! events are with the producer are answered (each waits at most `produce_timeout` + 0.5 s),
+//! connections still open [`FLUSH_SHARE`] before the end are closed, and the producer is
+//! flushed with the time left. Connections are served by [`crate::conn`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use ess_core::config::{AuthMode, Config};
 use tokio::net::TcpListener;
 
 use crate::Error;
+use crate::conn::{self, OVERFLOW_ANSWERS, Settings};
 use crate::router::{AppState, app};
 
 /// How often readiness asks the broker for metadata until it answers.
@@ -22,6 +26,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 /// How often histogram samples are folded.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// The end of `shutdown_timeout` kept for flushing the producer after the connections closed.
+pub const FLUSH_SHARE: Duration = Duration::from_millis(250);
+/// File descriptors the process needs besides its connections (broker sockets, files).
+const OTHER_FDS: u64 = 64;
 
 /// Binds `ingest.listen` and serves until `shutdown` resolves.
 pub async fn run(
@@ -72,33 +80,64 @@ pub async fn serve(
                     .metrics()
                     .queue_depth
                     .set(f64::from(state.producer().queue_depth()));
+                state
+                    .metrics()
+                    .buffered_bytes
+                    .set(state.intake().buffered_bytes() as f64);
             }
         })
     };
-    let draining = Arc::clone(&state);
-    let signal = async move {
-        shutdown.await;
-        draining.set_draining();
-        tracing::info!("shutting down: finishing in-flight requests");
+    let ingest = &config.ingest;
+    warn_if_few_descriptors(ingest.max_connections);
+    let settings = Settings {
+        head_timeout: ingest.head_timeout,
+        idle_timeout: ingest.idle_timeout,
+        max_connections: ingest.max_connections,
+        retry_after_secs: ingest.retry_after_secs,
     };
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, app(Arc::clone(&state)))
-        .with_graceful_shutdown(signal)
-        .await;
+    let router = app(Arc::clone(&state));
+    let connections =
+        conn::accept_until(listener, router, settings, state.metrics(), shutdown).await;
+    // The listener is closed.
+    let end = tokio::time::Instant::now() + ingest.shutdown_timeout;
+    state.set_draining();
+    tracing::info!("shutting down: answering requests already with the producer");
+    connections.close(end - FLUSH_SHARE).await;
     probe.abort();
     supervisor.abort();
     upkeep.abort();
     let producer = state.producer().clone();
-    let timeout = config.ingest.shutdown_timeout;
-    let flushed = tokio::task::spawn_blocking(move || producer.flush_blocking(timeout)).await;
+    let left = end.saturating_duration_since(tokio::time::Instant::now());
+    let flushed = tokio::task::spawn_blocking(move || producer.flush_blocking(left)).await;
     match flushed {
         Ok(Ok(())) => tracing::info!("producer flushed; stopped"),
         Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
         Err(e) => tracing::warn!(error = %e, "producer flush failed"),
     }
-    served.map_err(Error::Serve)
+    Ok(())
+}
+
+/// Warns when the process may open fewer files than `max_connections` needs (Linux).
+fn warn_if_few_descriptors(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    let needed = max_connections as u64 + OVERFLOW_ANSWERS as u64 + OTHER_FDS;
+    if let Some(soft) = soft
+        && soft < needed
+    {
+        tracing::warn!(
+            open_files = soft,
+            needed,
+            "the process may open fewer files than ingest.max_connections needs; raise its \
+             limit (ulimit -n) or lower ingest.max_connections"
+        );
+    }
 }
 
 /// Asks the broker for the topic's metadata until it answers, then marks the server ready.

@@ -42,6 +42,10 @@ fn default_burst() -> u32 {
     200_000
 }
 
+/// Bytes of the byte budget (`max_buffered_bytes`) one parsed event holds besides the body:
+/// its parsed form, its id, its delivery handle and its share of the response.
+pub const BYTES_PER_EVENT: usize = 512;
+
 /// The ingest server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,7 +69,9 @@ pub struct IngestConfig {
     /// How long a request may wait for the broker's acknowledgement before it gets 503.
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
-    /// How long shutdown waits for the producer to flush.
+    /// How long shutdown may take from the signal to the exit, whatever clients do: requests
+    /// already handed to the producer are answered within it, then the producer is flushed.
+    /// At least `produce_timeout` + 1 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Producer `linger.ms` (fractions allowed). Small: with a fixed number of client
@@ -82,6 +88,22 @@ pub struct IngestConfig {
     /// How long a client may take to send its request body before it gets 408.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// How long a client may take to send a request head (request line and headers), from
+    /// connecting or from the first byte of a later request on the same connection; then the
+    /// connection is closed (after a 408 if part of a head arrived).
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; beyond it a new connection is answered 503 `overloaded`
+    /// and closed.
+    pub max_connections: usize,
+    /// Most bytes of request bodies held at once over all requests: as received, decompressed,
+    /// and parsed. A request that does not fit gets 503 `overloaded` (before its body is read
+    /// when it declares its length). At least 2 × `max_body_bytes` + `max_batch_events` × 512,
+    /// so that the largest request fits on its own.
+    pub max_buffered_bytes: usize,
     /// Seconds clients are told to wait (`Retry-After`) when the broker is unavailable.
     pub retry_after_secs: u32,
     /// Extra librdkafka producer properties, applied last (e.g. `batch.size`).
@@ -109,6 +131,10 @@ impl Default for IngestConfig {
             queue_max_messages: 100_000,
             queue_max_kbytes: 32 * 1024,
             read_timeout: Duration::from_secs(30),
+            head_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 4096,
+            max_buffered_bytes: 128 * 1024 * 1024,
             retry_after_secs: 1,
             producer: BTreeMap::new(),
             workers: 1,
@@ -180,6 +206,7 @@ impl IngestConfig {
         if self.max_batch_events == 0 {
             return Err(value_error("ingest.max_batch_events", "must be at least 1"));
         }
+        self.validate_connections()?;
         if !["lz4", "zstd", "snappy", "gzip", "none"].contains(&self.compression.as_str()) {
             return Err(value_error(
                 "ingest.compression",
@@ -187,5 +214,83 @@ impl IngestConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The keys that bound connections, memory and shutdown.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("ingest.read_timeout", self.read_timeout),
+            ("ingest.head_timeout", self.head_timeout),
+            ("ingest.idle_timeout", self.idle_timeout),
+        ] {
+            if value < Duration::from_millis(10) {
+                return Err(value_error(key, "must be at least 10ms"));
+            }
+        }
+        if self.shutdown_timeout < self.produce_timeout + Duration::from_secs(1) {
+            return Err(value_error(
+                "ingest.shutdown_timeout",
+                "must be at least ingest.produce_timeout + 1s, so that requests already handed \
+                 to the producer can be answered",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(value_error("ingest.max_connections", "must be at least 1"));
+        }
+        let largest = self
+            .max_body_bytes
+            .saturating_mul(2)
+            .saturating_add(self.max_batch_events.saturating_mul(BYTES_PER_EVENT));
+        if self.max_buffered_bytes < largest {
+            return Err(value_error(
+                "ingest.max_buffered_bytes",
+                format!(
+                    "must be at least 2 × ingest.max_body_bytes + ingest.max_batch_events × \
+                     {BYTES_PER_EVENT} = {largest}, so that the largest request fits"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn refused(set: &[&str]) -> String {
+        let sets: Vec<String> = set.iter().map(|s| (*s).to_owned()).collect();
+        Config::load_from(None, &[], &sets)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn connection_limits_are_validated_naming_the_key() {
+        assert!(Config::load_from(None, &[], &[]).is_ok());
+        for key in ["head_timeout", "idle_timeout", "read_timeout"] {
+            let err = refused(&[&format!("ingest.{key}=\"0s\"")]);
+            assert!(err.contains(&format!("ingest.{key}")), "{err}");
+        }
+        let err = refused(&["ingest.max_connections=0"]);
+        assert!(err.contains("ingest.max_connections"), "{err}");
+        let err = refused(&["ingest.shutdown_timeout=\"5s\""]);
+        assert!(err.contains("ingest.shutdown_timeout"), "{err}");
+        let err = refused(&["ingest.max_buffered_bytes=1000000"]);
+        assert!(err.contains("ingest.max_buffered_bytes"), "{err}");
+        // The largest request exactly fits.
+        let fits = 2 * 1000 + 10 * super::BYTES_PER_EVENT;
+        let sets = [
+            "ingest.max_body_bytes=1000".to_owned(),
+            "ingest.max_batch_events=10".to_owned(),
+            format!("ingest.max_buffered_bytes={fits}"),
+        ];
+        assert!(Config::load_from(None, &[], &sets).is_ok());
+        let sets = [
+            "ingest.max_body_bytes=1000".to_owned(),
+            "ingest.max_batch_events=10".to_owned(),
+            format!("ingest.max_buffered_bytes={}", fits - 1),
+        ];
+        assert!(Config::load_from(None, &[], &sets).is_err());
     }
 }

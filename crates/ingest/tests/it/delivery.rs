@@ -1,12 +1,12 @@
 //! Every acknowledged event is in Kafka exactly once, with the right key and fields.
 
 use std::io::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ess_testkit::Ephemeral;
 
-use crate::harness::{KEY, Server, assert_exactly_once, read_topic, with_keys};
+use crate::harness::{KEY, Raw, Server, assert_exactly_once, metric, read_topic, with_keys};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
@@ -183,64 +183,74 @@ async fn concurrent_clients_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_loses_no_acknowledged_event() {
+async fn shutdown_answers_every_request_already_with_the_producer() {
     let eph = Ephemeral::new(2).await;
-    let config = with_keys(eph.config.clone());
+    let mut config = with_keys(eph.config.clone());
+    // Events wait a second in the producer, so the shutdown finds them there.
+    config.ingest.linger_ms = 1000.0;
     let (mut server, client) = Server::ready(config.clone()).await;
-    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(64);
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let client = client.clone();
-        let first = first_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            let mut refused = 0;
-            for _ in 0..200 {
-                let body = Bytes::from_static(br#"[{"type":"s"},{"type":"s"},{"type":"s"}]"#);
-                match client
+    let in_flight = 16;
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
                     .try_send(
                         "POST",
                         "/v1/events/batch",
                         &[("x-api-key", KEY), ("content-type", "application/json")],
-                        body,
+                        Bytes::from_static(br#"[{"type":"s"},{"type":"s"},{"type":"s"}]"#),
                     )
                     .await
-                {
-                    Ok(reply) if reply.status == 202 => {
-                        ids.extend(reply.ids());
-                        let _ = first.try_send(());
-                    }
-                    Ok(reply) => panic!(
-                        "unexpected {} during shutdown: {:?}",
-                        reply.status, reply.body
-                    ),
-                    // The listener is closed: connection refused or reset before a response.
-                    Err(_) => {
-                        refused += 1;
-                        if refused > 3 {
-                            break;
-                        }
-                    }
-                }
-            }
-            ids
-        }));
-    }
-    drop(first_tx);
-    // Shut down while requests are in flight.
-    for _ in 0..50 {
-        first_rx.recv().await;
-    }
+            })
+        })
+        .collect();
+    // A request still sending its body is not with the producer.
+    let mut uploading = Raw::connect(server.addr).await;
+    uploading
+        .send(
+            format!(
+                "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
+                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
+            )
+            .as_bytes(),
+        )
+        .await;
+    ess_testkit::eventually(
+        Duration::from_secs(5),
+        "every request's events in the producer",
+        || async {
+            let queued = metric(&client, "ess_ingest_producer_queue_depth ").await;
+            (queued >= Some(f64::from(3 * in_flight))).then_some(())
+        },
+    )
+    .await;
+
     server.signal();
+    let signalled = Instant::now();
+    let refused = uploading.response(Duration::from_secs(5)).await;
+    assert_eq!(refused.status(), Some(503), "{}", refused.text());
+    assert_eq!(refused.json()["error"], "shutting_down");
+    assert!(signalled.elapsed() < Duration::from_secs(1));
     let mut ids = Vec::new();
     for task in tasks {
-        ids.extend(task.await.expect("client task"));
+        let reply = task
+            .await
+            .expect("client task")
+            .expect("a request with the producer is answered");
+        ids.extend(reply.ids());
+    }
+    assert_eq!(ids.len(), 3 * in_flight as usize);
+    // The listener is closed.
+    match client.try_send("GET", "/healthz", &[], Bytes::new()).await {
+        Err(_) => {}
+        Ok(reply) => panic!("served after shutdown: {}", reply.status),
     }
     tokio::time::timeout(Duration::from_secs(30), server.stop())
         .await
         .expect("server stops");
-    assert!(ids.len() >= 150, "only {} acknowledged", ids.len());
     let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    assert_eq!(records.len(), ids.len());
     assert_exactly_once(&records, &ids);
     eph.cleanup().await;
 }

@@ -327,3 +327,161 @@ pub fn assert_exactly_once(records: &[Record], ids: &[String]) {
         "{missing} acknowledged events are not in the topic"
     );
 }
+
+/// A raw TCP connection, for what a well-behaved HTTP client never does (half-sent heads,
+/// slow bodies, idling).
+#[derive(Debug)]
+pub struct Raw {
+    pub stream: tokio::net::TcpStream,
+    pub opened: Instant,
+}
+
+/// How a raw connection ended while being read.
+#[derive(Debug)]
+pub struct Ending {
+    /// Everything the server sent.
+    pub bytes: Vec<u8>,
+    /// When the server closed the connection (EOF or reset), if it did before the deadline.
+    pub closed_at: Option<Instant>,
+}
+
+impl Ending {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The status of the first response, if any arrived.
+    pub fn status(&self) -> Option<u16> {
+        let text = self.text();
+        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+
+    /// The JSON body of the first response.
+    pub fn json(&self) -> serde_json::Value {
+        let text = self.text();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap_or_default()
+    }
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        Self {
+            stream,
+            opened: Instant::now(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads until the server closes the connection or `deadline` passes.
+    pub async fn until_closed(&mut self, deadline: Instant) -> Ending {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(&mut buf)).await;
+            match read {
+                Err(_elapsed) => {
+                    return Ending {
+                        bytes,
+                        closed_at: None,
+                    };
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Ending {
+                        bytes,
+                        closed_at: Some(Instant::now()),
+                    };
+                }
+                Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Reads one response whose body has a `content-length`, waiting at most `timeout`.
+    pub async fn response(&mut self, timeout: Duration) -> Ending {
+        use tokio::io::AsyncReadExt;
+        let deadline = Instant::now() + timeout;
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = complete_response(&bytes) {
+                bytes.truncate(end);
+                return Ending {
+                    bytes,
+                    closed_at: None,
+                };
+            }
+            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(&mut buf)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+                Ok(_) => {
+                    return Ending {
+                        bytes,
+                        closed_at: Some(Instant::now()),
+                    };
+                }
+                Err(_elapsed) => panic!(
+                    "no complete response within {timeout:?}; got {:?}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+            }
+        }
+    }
+}
+
+/// The length of the first complete response in `bytes`, if it is complete.
+fn complete_response(bytes: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (head, _) = text.split_once("\r\n\r\n")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let end = head.len() + 4 + length;
+    (bytes.len() >= end).then_some(end)
+}
+
+/// A request head and body as raw bytes, with the test key.
+pub fn raw_post(path: &str, key: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The process's limit on open files (the soft limit; Linux).
+pub fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// The value of one metric line starting with `prefix` in `/metrics`.
+pub async fn metric(client: &Client, prefix: &str) -> Option<f64> {
+    let text = client.get("/metrics").await.body;
+    let text = String::from_utf8_lossy(&text);
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

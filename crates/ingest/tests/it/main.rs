@@ -5,5 +5,6 @@
 
 mod bad_input;
 mod broker;
+mod connections;
 mod delivery;
 mod harness;

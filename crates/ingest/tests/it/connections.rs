@@ -1,0 +1,272 @@
+//! The connection level: head, idle and body timeouts, the connection cap, and refusing an
+//! over-limit key from its headers.
+
+use std::time::{Duration, Instant};
+
+use ess_testkit::Ephemeral;
+
+use crate::harness::{
+    KEY, Raw, SLOW_KEY, Server, metric, open_files_limit, raw_post, read_topic, with_keys,
+};
+
+/// The first part of a request head, never finished.
+const HALF_HEAD: &[u8] = b"POST /v1/events HTTP/1.1\r\nHost: x\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_closed_by_the_head_timeout_while_others_are_served() {
+    // Client and server sockets are both in this process.
+    let limit = open_files_limit();
+    let count = 2500.min((limit.saturating_sub(500) / 2) as usize);
+    assert!(
+        count >= 1000,
+        "the open-files limit ({limit}) allows only {count} connections; raise it (ulimit -n 8192)"
+    );
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    let head_timeout = Duration::from_secs(2);
+    config.ingest.head_timeout = head_timeout;
+    config.ingest.max_connections = count + 100;
+    let (server, client) = Server::ready(config.clone()).await;
+
+    // Most send half a head; every fifth sends nothing at all.
+    let mut raws = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut raw = Raw::connect(server.addr).await;
+        if i % 5 != 0 {
+            raw.send(HALF_HEAD).await;
+        }
+        raws.push(raw);
+    }
+    // Meanwhile a well-formed request is served.
+    let ids = client
+        .post("/v1/events", r#"{"type":"served"}"#)
+        .await
+        .ids();
+
+    let deadline = Instant::now() + head_timeout + Duration::from_secs(10);
+    let endings = futures::future::join_all(raws.iter_mut().map(|raw| async move {
+        let ending = raw.until_closed(deadline).await;
+        (raw.opened, ending)
+    }))
+    .await;
+    let mut failures = Vec::new();
+    for (i, (opened, ending)) in endings.iter().enumerate() {
+        let Some(closed_at) = ending.closed_at else {
+            failures.push(format!("connection {i} still open"));
+            continue;
+        };
+        let after = closed_at - *opened;
+        if after < head_timeout - Duration::from_millis(100)
+            || after > head_timeout + Duration::from_secs(2)
+        {
+            failures.push(format!("connection {i} closed after {after:?}"));
+        }
+        let expected = if i % 5 == 0 { None } else { Some(408) };
+        if ending.status() != expected {
+            failures.push(format!("connection {i}: {:?}", ending.text()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let timeouts = metric(
+        &client,
+        "ess_ingest_connection_timeouts_total{phase=\"head\"}",
+    )
+    .await;
+    assert_eq!(timeouts, Some(count as f64));
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key, ids[0]);
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    let idle = Duration::from_secs(1);
+    config.ingest.idle_timeout = idle;
+    config.ingest.head_timeout = Duration::from_secs(5);
+    let (server, client) = Server::ready(config.clone()).await;
+    let mut ids = Vec::new();
+
+    // A connection in use keeps living past the idle timeout, request after request.
+    let mut busy = Raw::connect(server.addr).await;
+    let started = Instant::now();
+    while started.elapsed() < idle * 3 {
+        busy.send(&raw_post("/v1/events", KEY, r#"{"type":"busy"}"#))
+            .await;
+        let reply = busy.response(Duration::from_secs(5)).await;
+        assert_eq!(reply.status(), Some(202), "{}", reply.text());
+        ids.push(reply.json()["ids"][0].as_str().expect("id").to_owned());
+        tokio::time::sleep(idle / 3).await;
+    }
+
+    // Connections that go quiet after their request are closed after the idle timeout.
+    let mut quiet = Vec::new();
+    for _ in 0..20 {
+        let mut raw = Raw::connect(server.addr).await;
+        raw.send(&raw_post("/v1/events", KEY, r#"{"type":"quiet"}"#))
+            .await;
+        let reply = raw.response(Duration::from_secs(5)).await;
+        assert_eq!(reply.status(), Some(202), "{}", reply.text());
+        ids.push(reply.json()["ids"][0].as_str().expect("id").to_owned());
+        quiet.push((Instant::now(), raw));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let endings = futures::future::join_all(
+        quiet
+            .iter_mut()
+            .map(|(answered, raw)| async move { (*answered, raw.until_closed(deadline).await) }),
+    )
+    .await;
+    for (answered, ending) in endings {
+        let closed_at = ending.closed_at.expect("an idle connection is closed");
+        let after = closed_at - answered;
+        assert!(
+            after >= idle - Duration::from_millis(100) && after < idle + Duration::from_secs(2),
+            "closed {after:?} after the response"
+        );
+        assert!(ending.bytes.is_empty(), "{:?}", ending.text());
+    }
+    let timeouts = metric(
+        &client,
+        "ess_ingest_connection_timeouts_total{phase=\"idle\"}",
+    )
+    .await;
+    assert!(timeouts >= Some(20.0), "{timeouts:?}");
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    crate::harness::assert_exactly_once(&records, &ids);
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_get_a_quick_503() {
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    config.ingest.max_connections = 20;
+    config.ingest.head_timeout = Duration::from_secs(30);
+    let (server, client) = Server::ready(config.clone()).await;
+    // The client's kept-alive connection is one; 19 more fill the cap.
+    let mut held = Vec::new();
+    for _ in 0..19 {
+        held.push(Raw::connect(server.addr).await);
+    }
+    ess_testkit::eventually(Duration::from_secs(5), "20 connections open", || async {
+        (metric(&client, "ess_ingest_connections_open ").await == Some(20.0)).then_some(())
+    })
+    .await;
+
+    let started = Instant::now();
+    let mut over = Raw::connect(server.addr).await;
+    over.send(&raw_post("/v1/events", KEY, r#"{"type":"over"}"#))
+        .await;
+    let reply = over.response(Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(503), "{}", reply.text());
+    assert_eq!(reply.json()["error"], "overloaded");
+    assert!(reply.text().to_ascii_lowercase().contains("retry-after: 1"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Open connections are still served.
+    let ids = client.post("/v1/events", r#"{"type":"in"}"#).await.ids();
+    assert_eq!(
+        metric(&client, "ess_ingest_connections_refused_total").await,
+        Some(1.0)
+    );
+
+    // Once some close, new connections are served again.
+    held.truncate(10);
+    let again = ess_testkit::eventually(Duration::from_secs(5), "a new connection served", || {
+        let addr = server.addr;
+        async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.send(&raw_post("/v1/events", KEY, r#"{"type":"again"}"#))
+                .await;
+            let reply = raw.response(Duration::from_secs(5)).await;
+            (reply.status() == Some(202))
+                .then(|| reply.json()["ids"][0].as_str().map(str::to_owned))
+                .flatten()
+        }
+    })
+    .await;
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 2).await;
+    crate::harness::assert_exactly_once(&records, &[ids[0].clone(), again]);
+    assert_eq!(records.len(), 2, "the refused request was not produced");
+    drop(held);
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_gets_408() {
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    config.ingest.read_timeout = Duration::from_secs(1);
+    let (server, _client) = Server::ready(config.clone()).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let started = Instant::now();
+    raw.send(
+        format!(
+            "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let reply = raw.response(Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status(), Some(408), "{}", reply.text());
+    assert_eq!(reply.json()["error"], "request_timeout");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_out_of_tokens_is_refused_before_its_body_is_read() {
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    config.ingest.read_timeout = Duration::from_secs(5);
+    let (server, _client) = Server::ready(config.clone()).await;
+    // SLOW_KEY has a burst of 3 and gets 1 token a second.
+    let mut raw = Raw::connect(server.addr).await;
+    raw.send(&raw_post(
+        "/v1/events/batch",
+        SLOW_KEY,
+        r#"[{"type":"a"},{"type":"a"},{"type":"a"}]"#,
+    ))
+    .await;
+    assert_eq!(
+        raw.response(Duration::from_secs(5)).await.status(),
+        Some(202)
+    );
+    // A head announcing a large body, and no body: refused at once.
+    let started = Instant::now();
+    raw.send(
+        format!(
+            "POST /v1/events/batch HTTP/1.1\r\nhost: x\r\nx-api-key: {SLOW_KEY}\r\n\
+             content-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let reply = raw.response(Duration::from_secs(10)).await;
+    assert_eq!(reply.status(), Some(429), "{}", reply.text());
+    assert_eq!(reply.json()["error"], "rate_limited");
+    assert!(reply.text().to_ascii_lowercase().contains("retry-after: 1"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+    eph.cleanup().await;
+}
