@@ -108,6 +108,12 @@ pub enum ApiError {
         /// Per-event results, for batch requests.
         results: Option<Vec<EventResult>>,
     },
+    /// An event names a `source` other than the API key's id (auth on).
+    #[error("`source` must be the API key's id or absent: a key writes only its own events")]
+    SourceNotAllowed {
+        /// The event's position in a batch.
+        index: Option<usize>,
+    },
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
@@ -129,6 +135,7 @@ impl ApiError {
             Self::Body(BodyError::Corrupt(_)) | Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::Auth(AuthError::RateLimited(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::SourceNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotReady { .. }
             | Self::QueueFull { .. }
@@ -159,6 +166,7 @@ impl ApiError {
             Self::NotReady { .. } => "not_ready",
             Self::QueueFull { .. } => "queue_full",
             Self::Unavailable { code, .. } => code,
+            Self::SourceNotAllowed { .. } => "source_not_allowed",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
         }
@@ -199,6 +207,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let (index, field) = match &self {
             Self::Event(r) => (r.index, r.error.field()),
+            Self::SourceNotAllowed { index } => (*index, Some("source")),
             _ => (None, None),
         };
         let results = match &self {

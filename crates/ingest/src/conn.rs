@@ -21,6 +21,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -28,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -137,8 +138,8 @@ pub async fn accept_until(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // Out of file descriptors or memory: wait, others may close meanwhile.
@@ -150,7 +151,13 @@ pub async fn accept_until(
         match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => {
                 let _ = tcp.set_nodelay(true);
-                tasks.spawn(serve(tcp, permit, Arc::clone(&shared), stop.subscribe()));
+                tasks.spawn(serve(
+                    tcp,
+                    peer,
+                    permit,
+                    Arc::clone(&shared),
+                    stop.subscribe(),
+                ));
             }
             Err(_) => {
                 refused.increment(1);
@@ -212,6 +219,7 @@ impl Drop for Open {
 
 async fn serve(
     tcp: TcpStream,
+    peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -223,6 +231,7 @@ async fn serve(
     let service = Tracked {
         inner: TowerToHyperService::new(shared.router.clone()),
         phase: Arc::clone(&phase),
+        peer,
     };
     let connection = shared.http.serve_connection(io, service);
     tokio::pin!(connection);
@@ -478,6 +487,9 @@ impl AsyncWrite for Timed {
 struct Tracked {
     inner: TowerToHyperService<Router>,
     phase: Arc<Phase>,
+    /// The connection's peer, handed to the handlers as `ConnectInfo` (the client, or the
+    /// proxy whose forwarding headers the request context reads).
+    peer: SocketAddr,
 }
 
 type RouterFuture =
@@ -489,8 +501,9 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Error = <TowerToHyperService<Router> as hyper::service::Service<Request<Incoming>>>::Error;
     type Future = TrackedFuture;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         self.phase.set(BUSY);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         TrackedFuture {
             inner: self.inner.call(request),
             phase: Some(Arc::clone(&self.phase)),

@@ -15,6 +15,7 @@
 //! - [`intake`]: taking in a body: size, byte budget, read timeout, decompression, shutdown.
 //! - [`budget`]: the byte budget shared by all requests (`max_buffered_bytes`).
 //! - [`event`]: reading and validating events from a body (single, array, NDJSON).
+//! - [`context`]: the client's address (trusted-proxy rule, anonymisation) and user agent.
 //! - [`body`]: media types, content encodings, capped decompression.
 //! - [`auth`]: API keys (constant-time) and their token buckets.
 //! - [`producer`]: the Kafka producer and the per-event verdicts.
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod conn;
+pub mod context;
 pub mod event;
 pub mod intake;
 pub mod metrics;

@@ -6,12 +6,13 @@
 //! event → 202, or an error (see [`crate::api`]).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,7 @@ use uuid::Uuid;
 use crate::api::{Accepted, ApiError, EventResult, json_response};
 use crate::auth::Keys;
 use crate::body::{self, Format};
+use crate::context::{ClientAddress, RequestContext};
 use crate::event::{self, Event, Limits};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
@@ -36,6 +38,7 @@ pub struct AppState {
     limits: Limits,
     keys: Keys,
     intake: Intake,
+    client_address: ClientAddress,
     producer: Producer,
     metrics: Metrics,
     ready: AtomicBool,
@@ -59,6 +62,7 @@ impl AppState {
             },
             keys: Keys::new(ingest.auth, &ingest.api_keys),
             intake: Intake::new(ingest),
+            client_address: ClientAddress::new(ingest),
             producer: Producer::new(config, stats).map_err(crate::Error::Producer)?,
             metrics,
             ready: AtomicBool::new(false),
@@ -178,6 +182,18 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
         (true, Format::Ndjson) => event::parse_ndjson(text, &state.limits)?,
     };
     state.intake.hold_events(&mut received.held, events.len())?;
+    // With auth on, the source is the key's id: an event naming another is refused whole
+    // (403), so one tenant can neither write as another nor replace its rows.
+    if let Some(id) = caller.id {
+        let other = events
+            .iter()
+            .position(|e| e.source.as_deref().is_some_and(|s| s != id));
+        if let Some(index) = other {
+            return Err(ApiError::SourceNotAllowed {
+                index: batch.then_some(index),
+            });
+        }
+    }
     state.keys.take(&caller, events.len())?;
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::NotReady {
@@ -186,7 +202,12 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
     }
     state.intake.admit()?;
     let source = caller.id.unwrap_or("");
-    produce(state, &events, source, batch).await
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let context = state.client_address.context(peer, &parts.headers);
+    produce(state, &events, source, &context, batch).await
 }
 
 /// Hands every event to the producer, then waits for the broker's verdict on each.
@@ -194,6 +215,7 @@ async fn produce(
     state: &AppState,
     events: &[Event<'_>],
     default_source: &str,
+    context: &RequestContext,
     batch: bool,
 ) -> Result<Accepted, ApiError> {
     let ingest_time = Millis::now();
@@ -216,7 +238,11 @@ async fn produce(
             timestamp: event.timestamp.unwrap_or(ingest_time),
             ingest_time,
             properties: event.properties.unwrap_or(&state.empty_properties),
-            ..WireEvent::default()
+            user_id: Cow::Borrowed(event.user_id.as_deref().unwrap_or("")),
+            anonymous_id: Cow::Borrowed(event.anonymous_id.as_deref().unwrap_or("")),
+            context: event.context.unwrap_or(&state.empty_properties),
+            ip: Cow::Borrowed(&context.ip),
+            user_agent: Cow::Borrowed(&context.user_agent),
         };
         payload.clear();
         if serde_json::to_writer(&mut payload, &wire).is_err() {

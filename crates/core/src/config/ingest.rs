@@ -111,6 +111,13 @@ pub struct IngestConfig {
     /// Threads serving HTTP: 0 serves on the caller's runtime; 1 on a dedicated single-threaded
     /// runtime (fewest cross-thread wake-ups); more on a dedicated multi-threaded one.
     pub workers: usize,
+    /// Proxies (addresses or CIDR blocks, e.g. `"10.0.0.0/8"`, `"::1"`) whose
+    /// `Forwarded` / `X-Forwarded-For` headers are believed. The client's address is the
+    /// connection's peer unless the peer is one of these; then it is the right-most address
+    /// in the header that is not one of these. Empty (the default): headers are ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Store the client's address with its host part zeroed (IPv4 /24, IPv6 /48).
+    pub anonymize_ip: bool,
 }
 
 impl Default for IngestConfig {
@@ -138,6 +145,8 @@ impl Default for IngestConfig {
             retry_after_secs: 1,
             producer: BTreeMap::new(),
             workers: 1,
+            trusted_proxies: Vec::new(),
+            anonymize_ip: false,
         }
     }
 }
@@ -167,6 +176,14 @@ impl IngestConfig {
                 return Err(value_error(
                     &format!("ingest.api_keys[{i}].rate_per_sec"),
                     "rate_per_sec and burst must be positive",
+                ));
+            }
+        }
+        for (i, proxy) in self.trusted_proxies.iter().enumerate() {
+            if parse_cidr(proxy).is_none() {
+                return Err(value_error(
+                    &format!("ingest.trusted_proxies[{i}]"),
+                    "must be an IP address or a CIDR block such as 10.0.0.0/8 or fd00::/8",
                 ));
             }
         }
@@ -293,4 +310,20 @@ mod tests {
         ];
         assert!(Config::load_from(None, &[], &sets).is_err());
     }
+}
+
+/// Reads `"10.0.0.0/8"`, `"fd00::/8"` or a bare address (a block of one): the address and
+/// the prefix length; `None` when malformed.
+pub fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, prefix) = match text.trim().split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (text.trim(), None),
+    };
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max)?,
+        None => max,
+    };
+    Some((addr, prefix))
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use ingest::{ApiKey, AuthMode, BYTES_PER_EVENT, IngestConfig};
+pub use ingest::{ApiKey, AuthMode, BYTES_PER_EVENT, IngestConfig, parse_cidr};
 pub use load::LoadConfig;
 pub use sink::{SinkConfig, WritePath};
 
@@ -126,6 +126,15 @@ pub struct ClickHouseConfig {
     /// How long opening a connection to a node may take.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Retention: rows whose event time is older than this are deleted by ClickHouse's merges
+    /// (a table `TTL`; e.g. `"90days"`). Unset (the default) keeps rows forever. Needs
+    /// ClickHouse 19.6 or later; `ess migrate` refuses it on older servers.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
 }
 
 impl Default for ClickHouseConfig {
@@ -145,6 +154,7 @@ impl Default for ClickHouseConfig {
             table: "events".into(),
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            ttl: None,
         }
     }
 }
@@ -342,6 +352,12 @@ impl Config {
         }
         if self.clickhouse.connect_timeout.is_zero() {
             return bad("clickhouse.connect_timeout", "must be positive");
+        }
+        if self.clickhouse.ttl.is_some_and(|t| t.as_secs() == 0) {
+            return bad(
+                "clickhouse.ttl",
+                "must be at least one second (or unset for no TTL)",
+            );
         }
         if !self.clickhouse.cluster.is_empty() && !is_identifier(&self.clickhouse.cluster) {
             return bad("clickhouse.cluster", "must be empty or a plain identifier");

@@ -8,3 +8,4 @@ mod broker;
 mod connections;
 mod delivery;
 mod harness;
+mod identity;
