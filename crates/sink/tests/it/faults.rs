@@ -45,7 +45,7 @@ async fn private_stack(base: u16, name: &str, partitions: i32) -> (Stack, Config
 /// Names of the test's own on the private stack at `base`, migrated, merges stopped.
 async fn private_config(base: u16, name: &str, partitions: i32) -> Config {
     let mut config = ess_testkit::stack_config();
-    let name = ess_testkit::unique(name);
+    let name = ess_testkit::unique(&name.replace('-', "_"));
     config.kafka.brokers = format!("127.0.0.1:{}", base + 92);
     config.kafka.topic = format!("{name}.events");
     config.kafka.dlq_topic = format!("{name}.dlq");

@@ -3,6 +3,7 @@
 
 mod faults;
 mod member;
+mod modern;
 mod pipeline;
 mod rebalance;
 mod support;

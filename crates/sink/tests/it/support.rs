@@ -220,16 +220,21 @@ pub async fn replicas_settle(config: &Config, n: u64, timeout: Duration) {
     );
 }
 
-/// `GET path` on a sink's endpoint: `(status, body)`.
+/// `GET path` on a sink's endpoint: `(status, body)`; status 0 when it does not answer.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("response");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        std::io::Result::Ok(text)
+    };
+    let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(10), exchange).await else {
+        return (0, String::new());
+    };
     let status = text
         .split_whitespace()
         .nth(1)
