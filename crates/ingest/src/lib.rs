@@ -23,6 +23,7 @@ pub mod event;
 pub mod metrics;
 pub mod producer;
 pub mod router;
+pub mod segment;
 pub mod server;
 
 use std::future::Future;

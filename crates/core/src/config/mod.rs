@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use ingest::{ApiKey, AuthMode, IngestConfig};
+pub use ingest::{ApiKey, AuthMode, CorsConfig, IngestConfig, SegmentConfig};
 pub use load::LoadConfig;
 pub use sink::{SinkConfig, WritePath};
 
