@@ -18,6 +18,7 @@ fn bench(c: &mut Criterion) {
         timestamp: Millis(1_764_000_000_123),
         ingest_time: Millis(1_764_000_000_456),
         properties: &props,
+        ..WireEvent::default()
     };
     let bytes = event.to_json();
     let mut group = c.benchmark_group("wire_event");

@@ -4,12 +4,19 @@
 //!
 //! ```json
 //! {"id":"0192…","type":"page_view","source":"web","timestamp":"2026-11-24T08:00:00.123Z",
-//!  "ingest_time":"2026-11-24T08:00:00.125Z","properties":{"path":"/"}}
+//!  "ingest_time":"2026-11-24T08:00:00.125Z","properties":{"path":"/"},
+//!  "user_id":"u-42","anonymous_id":"a-7","context":{"page":{"path":"/"}},
+//!  "ip":"203.0.113.9","user_agent":"Mozilla/5.0 …"}
 //! ```
+//!
+//! Identity (`user_id`, `anonymous_id`), `context` and the request context (`ip`,
+//! `user_agent`) may be missing when reading (messages written before they existed still
+//! decode: empty strings, `{}`), and are left out when writing while empty.
 //!
 //! Timestamps are UTC RFC 3339 with exactly three fractional digits, so any consumer of the
 //! topic can read them and none loses precision.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -127,17 +134,19 @@ impl<'de> Deserialize<'de> for Millis {
 }
 
 /// The canonical event, borrowed from a Kafka message or built by ingest.
+///
+/// Build one with the fields you know and `..WireEvent::default()` for the rest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireEvent<'a> {
-    /// Unique event id; the Kafka key and the ClickHouse dedup key.
+    /// Unique event id; the Kafka key and, with `source`, the ClickHouse dedup key.
     pub id: Uuid,
     /// Event type, e.g. `page_view`.
     #[serde(rename = "type", borrow)]
-    pub kind: std::borrow::Cow<'a, str>,
+    pub kind: Cow<'a, str>,
     /// Who sent it (the API key id, or what the client said); empty when unknown.
     #[serde(default, borrow)]
-    pub source: std::borrow::Cow<'a, str>,
+    pub source: Cow<'a, str>,
     /// When the event happened, by the client's clock (ingest time when the client gave none).
     pub timestamp: Millis,
     /// When ingest accepted it.
@@ -145,6 +154,59 @@ pub struct WireEvent<'a> {
     /// The event's properties: a JSON object, kept as the client's text.
     #[serde(borrow)]
     pub properties: &'a RawValue,
+    /// The known user the event is about; empty when anonymous.
+    #[serde(default, borrow, skip_serializing_if = "str::is_empty")]
+    pub user_id: Cow<'a, str>,
+    /// The device or browser's id before (or without) a known user; empty when absent.
+    #[serde(default, borrow, skip_serializing_if = "str::is_empty")]
+    pub anonymous_id: Cow<'a, str>,
+    /// What the client sent as context (page, app, device, campaign…): a JSON object kept as
+    /// the client's text; `{}` when absent.
+    #[serde(
+        default = "empty_object",
+        borrow,
+        skip_serializing_if = "is_empty_object"
+    )]
+    pub context: &'a RawValue,
+    /// The client's address as ingest determined it (after the trusted-proxy rule and any
+    /// anonymisation); empty when unknown.
+    #[serde(default, borrow, skip_serializing_if = "str::is_empty")]
+    pub ip: Cow<'a, str>,
+    /// The request's `User-Agent`; empty when absent.
+    #[serde(default, borrow, skip_serializing_if = "str::is_empty")]
+    pub user_agent: Cow<'a, str>,
+}
+
+/// The JSON object `{}`, borrowed for as long as anyone wants.
+pub fn empty_object<'a>() -> &'a RawValue {
+    static EMPTY: std::sync::LazyLock<&'static RawValue> = std::sync::LazyLock::new(|| {
+        // `{}` is valid JSON; the fallback is never taken.
+        serde_json::from_str::<&'static RawValue>("{}").unwrap_or(RawValue::NULL)
+    });
+    *EMPTY
+}
+
+fn is_empty_object(value: &&RawValue) -> bool {
+    value.get() == "{}"
+}
+
+impl Default for WireEvent<'_> {
+    /// The nil id, empty strings, time 0 and `{}` properties and context.
+    fn default() -> Self {
+        Self {
+            id: Uuid::nil(),
+            kind: Cow::Borrowed(""),
+            source: Cow::Borrowed(""),
+            timestamp: Millis(0),
+            ingest_time: Millis(0),
+            properties: empty_object(),
+            user_id: Cow::Borrowed(""),
+            anonymous_id: Cow::Borrowed(""),
+            context: empty_object(),
+            ip: Cow::Borrowed(""),
+            user_agent: Cow::Borrowed(""),
+        }
+    }
 }
 
 impl WireEvent<'_> {
@@ -205,6 +267,7 @@ mod tests {
             timestamp: Millis(1_764_000_000_123),
             ingest_time: Millis(1_764_000_000_456),
             properties: &props,
+            ..WireEvent::default()
         };
         let bytes = event.to_json();
         let back = WireEvent::from_json(&bytes).unwrap();
@@ -213,5 +276,65 @@ mod tests {
         assert_eq!(back.timestamp, event.timestamp);
         assert_eq!(back.ingest_time, event.ingest_time);
         assert_eq!(back.properties.get(), r#"{"a":"é","n":[1,2]}"#);
+        assert_eq!(back.context.get(), "{}");
+        assert!(back.user_id.is_empty() && back.ip.is_empty());
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("user_id") && !text.contains("context"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn identity_and_context_round_trip() {
+        let props = RawValue::from_string("{}".to_owned()).unwrap();
+        let context =
+            RawValue::from_string(r#"{"page":{"title":"Grüße \"x\""}}"#.to_owned()).unwrap();
+        let event = WireEvent {
+            id: Uuid::new_v4(),
+            kind: "signup".into(),
+            timestamp: Millis(1),
+            ingest_time: Millis(2),
+            properties: &props,
+            user_id: "użytkownik-7 \"q\"".into(),
+            anonymous_id: "anon-🦀".into(),
+            context: &context,
+            ip: "2001:db8::1".into(),
+            user_agent: "curl/8.0".into(),
+            ..WireEvent::default()
+        };
+        let bytes = event.to_json();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        for key in [
+            "\"user_id\"",
+            "\"anonymous_id\"",
+            "\"context\"",
+            "\"ip\"",
+            "\"user_agent\"",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+        let back = WireEvent::from_json(&bytes).unwrap();
+        assert_eq!(back.user_id, event.user_id);
+        assert_eq!(back.anonymous_id, "anon-🦀");
+        assert_eq!(back.context.get(), context.get());
+        assert_eq!(back.ip, "2001:db8::1");
+        assert_eq!(back.user_agent, "curl/8.0");
+    }
+
+    #[test]
+    fn messages_without_the_new_fields_still_decode() {
+        let old = r#"{"id":"0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6","type":"t","source":"s","timestamp":"2026-11-24T08:00:00.123Z","ingest_time":"2026-11-24T08:00:00.125Z","properties":{}}"#;
+        let event = WireEvent::from_json(old.as_bytes()).unwrap();
+        assert_eq!(event.context.get(), "{}");
+        assert_eq!(
+            (
+                &*event.user_id,
+                &*event.anonymous_id,
+                &*event.ip,
+                &*event.user_agent
+            ),
+            ("", "", "", "")
+        );
     }
 }

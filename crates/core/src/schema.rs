@@ -15,17 +15,27 @@ use uuid::Uuid;
 use crate::clickhouse::Flavor;
 use crate::config::ClickHouseConfig;
 
-/// One stored event, in the table's column order.
-#[derive(Debug, Clone, PartialEq, Eq, ::clickhouse::Row, Serialize, Deserialize)]
+/// One stored event, in the table's column order (the order of [`COLUMNS`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, ::clickhouse::Row, Serialize, Deserialize)]
 pub struct EventRow {
-    /// Event id: the sort key, hence the dedup key.
+    /// Event id: with `source`, the dedup key.
     #[serde(with = "::clickhouse::serde::uuid")]
     pub id: Uuid,
     /// Event type.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Sender (API key id or client-given source).
+    /// Sender (the API key id with auth on, else what the client said).
     pub source: String,
+    /// The known user; empty when anonymous.
+    pub user_id: String,
+    /// The device or browser id; empty when absent.
+    pub anonymous_id: String,
+    /// The client's address as ingest determined it; empty when unknown.
+    pub ip: String,
+    /// The request's `User-Agent`; empty when absent.
+    pub user_agent: String,
+    /// Context the client sent, as JSON object text (`{}` when none).
+    pub context: String,
     /// Event time, ms since the epoch.
     pub event_time: i64,
     /// Ingest acceptance time, ms since the epoch.
@@ -39,6 +49,69 @@ pub struct EventRow {
     /// Kafka offset the event was read from.
     pub kafka_offset: i64,
 }
+
+/// A column's type on each server flavor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// `UUID` everywhere.
+    Uuid,
+    /// A short repeated string: `LowCardinality(String)` on current servers, `String` on 18.16.
+    Low,
+    /// `String` everywhere.
+    Text,
+    /// Milliseconds: `DateTime64(3, 'UTC')` on current servers, `UInt64` on 18.16.
+    Millis,
+    /// `Int32` everywhere.
+    Int32,
+    /// `Int64` everywhere.
+    Int64,
+}
+
+impl ColumnType {
+    /// The SQL type for `flavor`.
+    pub fn sql(self, flavor: Flavor) -> &'static str {
+        match (self, flavor) {
+            (Self::Uuid, _) => "UUID",
+            (Self::Low, Flavor::Modern) => "LowCardinality(String)",
+            (Self::Low | Self::Text, _) => "String",
+            (Self::Millis, Flavor::Modern) => "DateTime64(3, 'UTC')",
+            (Self::Millis, Flavor::Legacy) => "UInt64",
+            (Self::Int32, _) => "Int32",
+            (Self::Int64, _) => "Int64",
+        }
+    }
+}
+
+/// Declares the column list once: [`COLUMNS`] (names and types) and [`COLUMN_NAMES`] (the
+/// names as one constant string) come from the same lines.
+macro_rules! event_columns {
+    ($first:literal: $first_ty:ident $(, $name:literal: $ty:ident)* $(,)?) => {
+        /// Every column of the events table, in [`EventRow`] order: the one list the DDL, the
+        /// insert statement and the encoder follow (a unit test holds `EventRow` to it). A new
+        /// column is added here, in `EventRow`, and in `ess_sink::encode`'s row writer.
+        pub const COLUMNS: &[(&str, ColumnType)] =
+            &[($first, ColumnType::$first_ty) $(, ($name, ColumnType::$ty))*];
+        /// The column names, comma separated, in [`COLUMNS`] order (what every insert names).
+        pub const COLUMN_NAMES: &str = concat!($first $(, ", ", $name)*);
+    };
+}
+
+event_columns!(
+    "id": Uuid,
+    "type": Low,
+    "source": Low,
+    "user_id": Text,
+    "anonymous_id": Text,
+    "ip": Text,
+    "user_agent": Text,
+    "context": Text,
+    "event_time": Millis,
+    "ingest_time": Millis,
+    "store_time": Millis,
+    "properties": Text,
+    "kafka_partition": Int32,
+    "kafka_offset": Int64,
+);
 
 /// The tables of one database, for one server flavor.
 #[derive(Debug, Clone)]
@@ -66,11 +139,7 @@ impl Schema {
 
     /// The per-shard table on a cluster, the table itself on a single server.
     pub fn local_table(&self) -> String {
-        if self.cluster.is_empty() {
-            self.table.clone()
-        } else {
-            format!("{}_local", self.table)
-        }
+        local_table_of(&self.table, &self.cluster)
     }
 
     fn on_cluster(&self) -> String {
@@ -83,14 +152,11 @@ impl Schema {
 
     /// The column list, typed for the flavor.
     pub fn columns(&self) -> String {
-        let (time, low) = match self.flavor {
-            Flavor::Modern => ("DateTime64(3, 'UTC')", "LowCardinality(String)"),
-            Flavor::Legacy => ("UInt64", "String"),
-        };
-        format!(
-            "id UUID, type {low}, source {low}, event_time {time}, ingest_time {time}, \
-             store_time {time}, properties String, kafka_partition Int32, kafka_offset Int64"
-        )
+        COLUMNS
+            .iter()
+            .map(|(name, ty)| format!("{name} {}", ty.sql(self.flavor)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// SQL turning a time column into ms since the epoch (`Int64`/`UInt64`).
@@ -157,6 +223,16 @@ impl Schema {
     }
 }
 
+/// The per-shard table behind a Distributed `table` on `cluster`, or `table` itself on a
+/// single server (`cluster` empty).
+pub fn local_table_of(table: &str, cluster: &str) -> String {
+    if cluster.is_empty() {
+        table.to_owned()
+    } else {
+        format!("{table}_local")
+    }
+}
+
 /// The Distributed table's sharding expression. `cityHash64` of a UUID is refused by 18.16,
 /// of its text form by none.
 pub const SHARDING_KEY: &str = "cityHash64(toString(id))";
@@ -182,6 +258,14 @@ mod tests {
         assert!(ddl[1].contains("event_time UInt64"));
         assert!(!ddl[1].contains("DateTime64"));
         assert!(ddl[2].contains("Distributed(ess, ess, events_local, cityHash64(toString(id)))"));
+    }
+
+    #[test]
+    fn the_row_and_the_column_list_agree() {
+        use ::clickhouse::Row as _;
+        let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(EventRow::COLUMN_NAMES, names.as_slice());
+        assert_eq!(COLUMN_NAMES, names.join(", "));
     }
 
     #[test]

@@ -275,6 +275,7 @@ async fn produce(
             timestamp: event.timestamp.unwrap_or(ingest_time),
             ingest_time,
             properties: event.properties.unwrap_or(&state.empty_properties),
+            ..WireEvent::default()
         };
         payload.clear();
         if serde_json::to_writer(&mut payload, &wire).is_err() {

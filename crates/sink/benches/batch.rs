@@ -25,6 +25,7 @@ fn messages() -> Vec<Vec<u8>> {
                 timestamp: Millis(1_764_000_000_000 + i as i64),
                 ingest_time: Millis(1_764_000_000_100 + i as i64),
                 properties: &props,
+                ..WireEvent::default()
             }
             .to_json()
         })

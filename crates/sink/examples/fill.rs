@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             timestamp: Millis(now.0 - 5),
             ingest_time: now,
             properties: &props,
+            ..WireEvent::default()
         };
         let json = event.to_json();
         let key = id.to_string();

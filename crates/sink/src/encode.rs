@@ -8,42 +8,104 @@
 
 use ess_core::event::{Millis, WireEvent};
 use ess_core::schema::EventRow;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// The column list every insert names, in [`EventRow`] order.
-pub const COLUMNS: &str = "id, type, source, event_time, ingest_time, store_time, properties, \
-                           kafka_partition, kafka_offset";
+pub const COLUMNS: &str = ess_core::schema::COLUMN_NAMES;
 
-/// Appends one row to `out`.
+/// One row's fields, borrowed from wherever they are: the one place that knows the byte layout
+/// of [`ess_core::schema::COLUMNS`].
+struct RowRef<'a> {
+    id: Uuid,
+    kind: &'a str,
+    source: &'a str,
+    user_id: &'a str,
+    anonymous_id: &'a str,
+    ip: &'a str,
+    user_agent: &'a str,
+    context: &'a str,
+    event_time: i64,
+    ingest_time: i64,
+    store_time: i64,
+    properties: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+}
+
+impl RowRef<'_> {
+    /// Appends the row; returns where in `out` its `store_time` starts.
+    fn put(&self, out: &mut Vec<u8>) -> usize {
+        put_uuid(out, self.id);
+        for s in [
+            self.kind,
+            self.source,
+            self.user_id,
+            self.anonymous_id,
+            self.ip,
+            self.user_agent,
+            self.context,
+        ] {
+            put_str(out, s);
+        }
+        out.extend_from_slice(&self.event_time.to_le_bytes());
+        out.extend_from_slice(&self.ingest_time.to_le_bytes());
+        let store_at = out.len();
+        out.extend_from_slice(&self.store_time.to_le_bytes());
+        put_str(out, self.properties);
+        out.extend_from_slice(&self.kafka_partition.to_le_bytes());
+        out.extend_from_slice(&self.kafka_offset.to_le_bytes());
+        store_at
+    }
+}
+
+/// Appends one row to `out`; returns the position in `out` of the row's eight `store_time`
+/// bytes (to stamp later).
 pub fn encode_row(
     out: &mut Vec<u8>,
     event: &WireEvent<'_>,
     store_time: i64,
     partition: i32,
     offset: i64,
-) {
-    put_uuid(out, event.id);
-    put_str(out, &event.kind);
-    put_str(out, &event.source);
-    out.extend_from_slice(&event.timestamp.0.to_le_bytes());
-    out.extend_from_slice(&event.ingest_time.0.to_le_bytes());
-    out.extend_from_slice(&store_time.to_le_bytes());
-    put_str(out, event.properties.get());
-    out.extend_from_slice(&partition.to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
+) -> usize {
+    RowRef {
+        id: event.id,
+        kind: &event.kind,
+        source: &event.source,
+        user_id: &event.user_id,
+        anonymous_id: &event.anonymous_id,
+        ip: &event.ip,
+        user_agent: &event.user_agent,
+        context: event.context.get(),
+        event_time: event.timestamp.0,
+        ingest_time: event.ingest_time.0,
+        store_time,
+        properties: event.properties.get(),
+        kafka_partition: partition,
+        kafka_offset: offset,
+    }
+    .put(out)
 }
 
 /// Appends an [`EventRow`] (tests and tools).
 pub fn encode_event_row(out: &mut Vec<u8>, row: &EventRow) {
-    put_uuid(out, row.id);
-    put_str(out, &row.kind);
-    put_str(out, &row.source);
-    out.extend_from_slice(&row.event_time.to_le_bytes());
-    out.extend_from_slice(&row.ingest_time.to_le_bytes());
-    out.extend_from_slice(&row.store_time.to_le_bytes());
-    put_str(out, &row.properties);
-    out.extend_from_slice(&row.kafka_partition.to_le_bytes());
-    out.extend_from_slice(&row.kafka_offset.to_le_bytes());
+    RowRef {
+        id: row.id,
+        kind: &row.kind,
+        source: &row.source,
+        user_id: &row.user_id,
+        anonymous_id: &row.anonymous_id,
+        ip: &row.ip,
+        user_agent: &row.user_agent,
+        context: &row.context,
+        event_time: row.event_time,
+        ingest_time: row.ingest_time,
+        store_time: row.store_time,
+        properties: &row.properties,
+        kafka_partition: row.kafka_partition,
+        kafka_offset: row.kafka_offset,
+    }
+    .put(out);
 }
 
 fn put_uuid(out: &mut Vec<u8>, id: Uuid) {
@@ -68,36 +130,34 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Reads one row encoded by [`encode_row`]; `None` when the bytes are not one whole row.
 pub fn decode_row(mut bytes: &[u8]) -> Option<EventRow> {
-    let id = take_uuid(&mut bytes)?;
-    let kind = take_str(&mut bytes)?;
-    let source = take_str(&mut bytes)?;
-    let event_time = take_u64(&mut bytes)? as i64;
-    let ingest_time = take_u64(&mut bytes)? as i64;
-    let store_time = take_u64(&mut bytes)? as i64;
-    let properties = take_str(&mut bytes)?;
-    let partition_bytes: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
-    bytes = &bytes[4..];
-    let kafka_offset = take_u64(&mut bytes)? as i64;
-    bytes.is_empty().then_some(EventRow {
-        id,
-        kind,
-        source,
-        event_time,
-        ingest_time,
-        store_time,
-        properties,
-        kafka_partition: i32::from_le_bytes(partition_bytes),
-        kafka_offset,
-    })
+    let b = &mut bytes;
+    let row = EventRow {
+        id: take_uuid(b)?,
+        kind: take_str(b)?,
+        source: take_str(b)?,
+        user_id: take_str(b)?,
+        anonymous_id: take_str(b)?,
+        ip: take_str(b)?,
+        user_agent: take_str(b)?,
+        context: take_str(b)?,
+        event_time: take_u64(b)? as i64,
+        ingest_time: take_u64(b)? as i64,
+        store_time: take_u64(b)? as i64,
+        properties: take_str(b)?,
+        kafka_partition: i32::from_le_bytes(take(b)?),
+        kafka_offset: take_u64(b)? as i64,
+    };
+    bytes.is_empty().then_some(row)
 }
 
 /// The canonical Kafka message for a stored row (what a dead letter carries when ClickHouse
 /// refused the row rather than the sink refusing the message).
 pub fn row_to_wire_json(row: &EventRow) -> Vec<u8> {
-    let properties = serde_json::value::RawValue::from_string(row.properties.clone())
-        .unwrap_or_else(|_| {
-            serde_json::value::RawValue::from_string("null".into()).unwrap_or_default()
-        });
+    let raw = |text: &str| {
+        RawValue::from_string(text.to_owned())
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
+    };
+    let (properties, context) = (raw(&row.properties), raw(&row.context));
     WireEvent {
         id: row.id,
         kind: row.kind.as_str().into(),
@@ -105,8 +165,19 @@ pub fn row_to_wire_json(row: &EventRow) -> Vec<u8> {
         timestamp: Millis(row.event_time),
         ingest_time: Millis(row.ingest_time),
         properties: &properties,
+        user_id: row.user_id.as_str().into(),
+        anonymous_id: row.anonymous_id.as_str().into(),
+        context: &context,
+        ip: row.ip.as_str().into(),
+        user_agent: row.user_agent.as_str().into(),
     }
     .to_json()
+}
+
+fn take<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+    let head: [u8; N] = bytes.get(..N)?.try_into().ok()?;
+    *bytes = &bytes[N..];
+    Some(head)
 }
 
 fn take_uuid(bytes: &mut &[u8]) -> Option<Uuid> {
@@ -116,9 +187,7 @@ fn take_uuid(bytes: &mut &[u8]) -> Option<Uuid> {
 }
 
 fn take_u64(bytes: &mut &[u8]) -> Option<u64> {
-    let head: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    *bytes = &bytes[8..];
-    Some(u64::from_le_bytes(head))
+    take(bytes).map(u64::from_le_bytes)
 }
 
 fn take_str(bytes: &mut &[u8]) -> Option<String> {
@@ -148,11 +217,22 @@ mod tests {
 
     #[test]
     fn a_row_round_trips_through_rowbinary() {
-        let json = r#"{"id":"0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6","type":"page_view","source":"web","timestamp":"2026-11-24T08:00:00.123Z","ingest_time":"2026-11-24T08:00:00.125Z","properties":{"path":"/ü","s":"x"}}"#;
+        let json = r#"{"id":"0192f3a4-5b6c-7d8e-9fa0-b1c2d3e4f5a6","type":"page_view","source":"web","timestamp":"2026-11-24T08:00:00.123Z","ingest_time":"2026-11-24T08:00:00.125Z","properties":{"path":"/ü","s":"x"},"user_id":"ü-1","anonymous_id":"","context":{"page":"/ü"},"ip":"203.0.113.9","user_agent":"UA 🦀"}"#;
         let event = WireEvent::from_json(json.as_bytes()).unwrap();
         let mut out = Vec::new();
-        encode_row(&mut out, &event, 1_764_000_000_999, 3, 42);
+        let stamp = encode_row(&mut out, &event, 1_764_000_000_999, 3, 42);
+        assert_eq!(out[stamp..stamp + 8], 1_764_000_000_999i64.to_le_bytes());
         let row = decode_row(&out).unwrap();
+        assert_eq!(
+            (
+                &*row.user_id,
+                &*row.anonymous_id,
+                &*row.ip,
+                &*row.user_agent
+            ),
+            ("ü-1", "", "203.0.113.9", "UA 🦀")
+        );
+        assert_eq!(row.context, r#"{"page":"/ü"}"#);
         assert_eq!(row.id, event.id);
         assert_eq!(row.kind, "page_view");
         assert_eq!(row.event_time, event.timestamp.0);
@@ -167,6 +247,8 @@ mod tests {
         let wire = WireEvent::from_json(&back).unwrap();
         assert_eq!(wire.id, event.id);
         assert_eq!(wire.properties.get(), event.properties.get());
+        assert_eq!(wire.context.get(), event.context.get());
+        assert_eq!(wire.user_agent, event.user_agent);
     }
 
     #[test]

@@ -157,11 +157,7 @@ impl ClickHouseConfig {
     /// The per-shard replicated table behind the Distributed one, or the table itself on a
     /// single server.
     pub fn local_table(&self) -> String {
-        if self.cluster.is_empty() {
-            self.table.clone()
-        } else {
-            format!("{}_local", self.table)
-        }
+        crate::schema::local_table_of(&self.table, &self.cluster)
     }
 }
 

@@ -66,6 +66,11 @@ async fn modern_ddl_and_rowbinary_load_into_current_clickhouse() {
             properties: r#"{"path":"/ü/日本","n":1.5}"#.into(),
             kafka_partition: 3,
             kafka_offset: 41,
+            user_id: "użytkownik-7".into(),
+            anonymous_id: "anon \"🦀\"".into(),
+            ip: "203.0.113.9".into(),
+            user_agent: "curl/8.0".into(),
+            context: r#"{"page":{"path":"/日本"}}"#.into(),
         },
         EventRow {
             id: uuid::Uuid::new_v4(),
@@ -77,6 +82,8 @@ async fn modern_ddl_and_rowbinary_load_into_current_clickhouse() {
             properties: "{}".into(),
             kafka_partition: 0,
             kafka_offset: 0,
+            context: "{}".into(),
+            ..EventRow::default()
         },
     ];
     let (query, body) = rowbinary_of(&rows).await;
@@ -129,7 +136,8 @@ s.query(f"INSERT INTO modern.events FROM INFILE '{sys.argv[3]}' FORMAT RowBinary
 print(s.query(
     "SELECT toString(id) AS id, type, source, toUnixTimestamp64Milli(event_time) AS e, "
     "toUnixTimestamp64Milli(ingest_time) AS i, toUnixTimestamp64Milli(store_time) AS s, "
-    "properties, kafka_partition, kafka_offset FROM modern.events ORDER BY kafka_offset DESC "
+    "properties, kafka_partition, kafka_offset, user_id, anonymous_id, ip, user_agent, "
+    "context FROM modern.events ORDER BY kafka_offset DESC "
     "FORMAT JSONEachRow"))
 "#;
     let out = Command::new(repo_root().join("scripts/chdb-python"))
@@ -167,6 +175,11 @@ print(s.query(
         assert_eq!(got["properties"], row.properties);
         assert_eq!(num(&got["kafka_partition"]), i64::from(row.kafka_partition));
         assert_eq!(num(&got["kafka_offset"]), row.kafka_offset);
+        assert_eq!(got["user_id"], row.user_id);
+        assert_eq!(got["anonymous_id"], row.anonymous_id);
+        assert_eq!(got["ip"], row.ip);
+        assert_eq!(got["user_agent"], row.user_agent);
+        assert_eq!(got["context"], row.context);
     }
     let _ = std::fs::remove_dir_all(dir);
 }

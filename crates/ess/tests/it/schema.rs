@@ -17,6 +17,11 @@ fn row(i: i64) -> EventRow {
         properties: r#"{"path":"/ü","n":1}"#.into(),
         kafka_partition: 0,
         kafka_offset: i,
+        user_id: "użytkownik \"7\"".into(),
+        anonymous_id: String::new(),
+        ip: "2001:db8::7".into(),
+        user_agent: "Mozilla/5.0 (X11; Linux x86_64) 🦀".into(),
+        context: r#"{"page":{"title":"Grüße"},"tz":"Europe/Berlin"}"#.into(),
     }
 }
 

@@ -59,6 +59,7 @@ async fn produce(producer: &FutureProducer, topic: &str, n: u64) {
             timestamp: now,
             ingest_time: now,
             properties: &props,
+            ..WireEvent::default()
         }
         .to_json();
         let producer = producer.clone();

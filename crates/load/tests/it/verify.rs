@@ -49,6 +49,7 @@ fn row(run: RunId, seq: u64, e2e_ms: i64) -> EventRow {
         properties: "{}".into(),
         kafka_partition: 0,
         kafka_offset: seq as i64,
+        ..EventRow::default()
     }
 }
 

@@ -56,6 +56,7 @@ pub fn event_json(n: u64) -> (uuid::Uuid, Vec<u8>) {
         timestamp: Millis(now.0 - 1234),
         ingest_time: now,
         properties: &props,
+        ..WireEvent::default()
     };
     (id, event.to_json())
 }
