@@ -123,7 +123,8 @@ impl Keys {
     }
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+/// The key of a `Bearer` or `X-API-Key` header.
+pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(value) = headers.get("x-api-key") {
         let key = value.as_bytes().trim_ascii();
         return (!key.is_empty()).then_some(key);

@@ -19,7 +19,8 @@ use ess_core::config::CorsConfig;
 use crate::api::ApiError;
 
 /// Request headers pages may send (what analytics.js sends, plus ess's own).
-const ALLOWED_HEADERS: &str = "content-type, authorization, x-retry-count, content-encoding, x-api-key";
+const ALLOWED_HEADERS: &str =
+    "content-type, authorization, x-retry-count, content-encoding, x-api-key";
 
 /// The allowed origins.
 #[derive(Debug)]
@@ -71,8 +72,14 @@ impl Cors {
                 let mut response = StatusCode::NO_CONTENT.into_response();
                 let h = response.headers_mut();
                 h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
-                h.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
+                h.insert(
+                    ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("POST, OPTIONS"),
+                );
+                h.insert(
+                    ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static(ALLOWED_HEADERS),
+                );
                 h.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
                 h.insert(VARY, HeaderValue::from_static("Origin"));
                 response
@@ -120,11 +127,23 @@ mod tests {
     fn only_listed_origins_pass() {
         let c = cors();
         assert_eq!(c.check(&HeaderMap::new()).unwrap(), From::Server);
-        assert!(matches!(c.check(&origin("https://shop.example")), Ok(From::Page(_))));
-        for other in ["https://shop.example:8443", "http://shop.example", "null", "https://evil.example"] {
+        assert!(matches!(
+            c.check(&origin("https://shop.example")),
+            Ok(From::Page(_))
+        ));
+        for other in [
+            "https://shop.example:8443",
+            "http://shop.example",
+            "null",
+            "https://evil.example",
+        ] {
             let mut h = HeaderMap::new();
             h.insert(ORIGIN, HeaderValue::from_str(other).unwrap());
-            assert_eq!(c.check(&h).unwrap_err().code(), "origin_not_allowed", "{other}");
+            assert_eq!(
+                c.check(&h).unwrap_err().code(),
+                "origin_not_allowed",
+                "{other}"
+            );
         }
     }
 
@@ -133,11 +152,16 @@ mod tests {
         let c = cors();
         let ok = c.preflight(&origin("https://shop.example"));
         assert_eq!(ok.status(), StatusCode::NO_CONTENT);
-        assert_eq!(ok.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "https://shop.example");
-        assert!(ok.headers()[ACCESS_CONTROL_ALLOW_HEADERS]
-            .to_str()
-            .unwrap()
-            .contains("authorization"));
+        assert_eq!(
+            ok.headers()[ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://shop.example"
+        );
+        assert!(
+            ok.headers()[ACCESS_CONTROL_ALLOW_HEADERS]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
         let refused = c.preflight(&origin("https://evil.example"));
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
         assert!(refused.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());

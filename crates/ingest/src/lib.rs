@@ -15,16 +15,24 @@
 //! - [`auth`]: API keys (constant-time) and their token buckets.
 //! - [`producer`]: the Kafka producer and the per-event verdicts.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`tracking`]: the Segment-compatible routes (`/v1/track`, `/v1/batch`, the browser SDK's
+//!   `/v1/t`, …): key from Basic auth or the body, CORS, enrichment, the Segment responses.
+//! - [`segment`]: reading Segment calls into events (the mapping in `docs/api.md`).
+//! - [`cors`]: allowed origins, preflights, the browser-key rule.
+//! - [`geoip`]: `context.location` from an `.mmdb`, dropping trailing IP octets.
 
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod cors;
 pub mod event;
+pub mod geoip;
 pub mod metrics;
 pub mod producer;
 pub mod router;
 pub mod segment;
 pub mod server;
+pub mod tracking;
 
 use std::future::Future;
 

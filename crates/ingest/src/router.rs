@@ -36,14 +36,16 @@ const INLINE_DECODE_BYTES: usize = 64 * 1024;
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    config: IngestConfig,
-    limits: Limits,
-    keys: Keys,
+    pub(crate) config: IngestConfig,
+    pub(crate) limits: Limits,
+    pub(crate) keys: Keys,
     producer: Producer,
-    metrics: Metrics,
-    ready: AtomicBool,
+    pub(crate) metrics: Metrics,
+    pub(crate) ready: AtomicBool,
     draining: AtomicBool,
     empty_properties: Box<RawValue>,
+    /// The Segment routes' state (CORS, GeoIP, limits).
+    pub(crate) tracking: crate::tracking::Tracking,
 }
 
 impl AppState {
@@ -60,13 +62,18 @@ impl AppState {
                 max_depth: ingest.max_depth,
                 max_batch_events: ingest.max_batch_events,
             },
-            keys: Keys::new(ingest.auth, &ingest.api_keys),
+            keys: {
+                let mut keys = Keys::new(ingest.auth, &ingest.api_keys);
+                keys.mark_public(&ingest.cors.public_keys);
+                keys
+            },
             producer: Producer::new(config, stats).map_err(crate::Error::Producer)?,
             metrics,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             empty_properties: RawValue::from_string("{}".to_owned())
                 .map_err(|e| crate::Error::Internal(e.to_string()))?,
+            tracking: crate::tracking::Tracking::new(ingest).map_err(crate::Error::Internal)?,
         })
     }
 
@@ -90,7 +97,7 @@ impl AppState {
         self.draining.store(true, Ordering::Release);
     }
 
-    fn respond(&self, response: Response) -> Response {
+    pub(crate) fn respond(&self, response: Response) -> Response {
         self.metrics.request(response.status().as_u16());
         response
     }
@@ -104,6 +111,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::tracking::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -178,7 +186,7 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
     produce(state, &events, source, batch).await
 }
 
-async fn read_body(
+pub(crate) async fn read_body(
     state: &AppState,
     headers: &axum::http::HeaderMap,
     body: Body,
@@ -238,7 +246,11 @@ async fn drain(mut body: Body, timeout: std::time::Duration) {
     let _ = tokio::time::timeout(timeout, discard).await;
 }
 
-async fn decode(raw: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn decode(
+    raw: Bytes,
+    encoding: Encoding,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     if encoding == Encoding::Identity || raw.len() <= INLINE_DECODE_BYTES {
         return Ok(body::decode(raw, encoding, limit)?);
     }
@@ -255,30 +267,52 @@ async fn produce(
     default_source: &str,
     batch: bool,
 ) -> Result<Accepted, ApiError> {
+    produce_each(
+        state,
+        events.len(),
+        batch,
+        |i| events[i].id.unwrap_or_else(Uuid::now_v7),
+        |i, id, ingest_time, payload| {
+            let event = &events[i];
+            let wire = WireEvent {
+                id,
+                kind: Cow::Borrowed(&event.kind),
+                source: Cow::Borrowed(event.source.as_deref().unwrap_or(default_source)),
+                timestamp: event.timestamp.unwrap_or(ingest_time),
+                ingest_time,
+                properties: event.properties.unwrap_or(&state.empty_properties),
+                ..WireEvent::default()
+            };
+            serde_json::to_writer(payload, &wire)
+        },
+    )
+    .await
+}
+
+/// Hands `count` events to the producer, then waits for the broker's verdict on each: `id(i)`
+/// gives event `i`'s id, `write(i, id, ingest_time, buffer)` its Kafka message value.
+pub(crate) async fn produce_each(
+    state: &AppState,
+    count: usize,
+    batch: bool,
+    mut id: impl FnMut(usize) -> Uuid,
+    mut write: impl FnMut(usize, Uuid, Millis, &mut Vec<u8>) -> serde_json::Result<()>,
+) -> Result<Accepted, ApiError> {
     let ingest_time = Millis::now();
-    let mut ids = Vec::with_capacity(events.len());
-    let mut deliveries = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(count);
+    let mut deliveries = Vec::with_capacity(count);
     let mut refused = None;
     let mut payload = Vec::with_capacity(256);
     let mut key = Uuid::encode_buffer();
     let started = Instant::now();
-    for event in events {
-        let id = event.id.unwrap_or_else(Uuid::now_v7);
+    for i in 0..count {
+        let id = id(i);
         ids.push(id);
         if refused.is_some() {
             continue;
         }
-        let wire = WireEvent {
-            id,
-            kind: Cow::Borrowed(&event.kind),
-            source: Cow::Borrowed(event.source.as_deref().unwrap_or(default_source)),
-            timestamp: event.timestamp.unwrap_or(ingest_time),
-            ingest_time,
-            properties: event.properties.unwrap_or(&state.empty_properties),
-            ..WireEvent::default()
-        };
         payload.clear();
-        if serde_json::to_writer(&mut payload, &wire).is_err() {
+        if write(i, id, ingest_time, &mut payload).is_err() {
             refused = Some(EnqueueError::Refused(rdkafka::error::KafkaError::Canceled));
             continue;
         }

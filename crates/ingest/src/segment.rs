@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::event::{self, EventError, Limits, Rejected};
 
 /// Namespace of the UUID v5 ids made from `messageId`s that are not UUIDs.
-const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5e6d_1c0a_7a3b_4c8e_9f21_0d4b_6a8e_e55e);
+pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5e6d_1c0a_7a3b_4c8e_9f21_0d4b_6a8e_e55e);
 
 /// Longest `messageId`, `userId`, `anonymousId`, `groupId` or `previousId`, in bytes.
 pub const MAX_ID_BYTES: usize = 1024;

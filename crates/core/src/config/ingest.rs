@@ -270,7 +270,10 @@ impl IngestConfig {
         for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
             let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
                 && !origin.ends_with('/')
-                && origin.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+                && origin
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
             if !ok {
                 return Err(value_error(
                     &format!("ingest.cors.allowed_origins[{i}]"),
@@ -287,7 +290,10 @@ impl IngestConfig {
             }
         }
         if self.ip_drop_octets > 3 {
-            return Err(value_error("ingest.ip_drop_octets", "must be between 0 and 3"));
+            return Err(value_error(
+                "ingest.ip_drop_octets",
+                "must be between 0 and 3",
+            ));
         }
         if let Some(path) = &self.geoip_db
             && !path.is_file()

@@ -7,3 +7,4 @@ mod bad_input;
 mod broker;
 mod delivery;
 mod harness;
+mod segment;
