@@ -21,8 +21,8 @@ const QUEUE_LATENCY: &str = "ess_ingest_producer_queue_latency_seconds";
 const BATCH_EVENTS: &str = "ess_ingest_produce_batch_events";
 
 /// Statuses counted under their own label; any other is counted as `other`.
-const STATUSES: [u16; 13] = [
-    200, 202, 400, 401, 404, 405, 408, 413, 415, 429, 500, 503, 504,
+const STATUSES: [u16; 15] = [
+    200, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 429, 500, 503, 504,
 ];
 
 /// Produce latency buckets, in seconds.

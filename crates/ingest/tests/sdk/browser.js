@@ -15,25 +15,24 @@ async function main() {
   })
   const page = await browser.newPage()
   const requests = []
-  page.on('requestfinished', async (r) => {
+  // The SDK never reads response bodies, so a request counts when its answer's headers arrive
+  // (leaving the page later aborts the unread body).
+  const answered = new Set()
+  page.on('response', async (response) => {
+    const r = response.request()
     if (!r.url().startsWith(host)) return
-    const response = await r.response()
+    answered.add(r)
     requests.push({ url: r.url(), method: r.method(), headers: await r.allHeaders(),
-                    body: r.postData(), status: response ? response.status() : null })
+                    body: r.postData(), status: response.status() })
   })
   page.on('requestfailed', (r) => {
-    if (!r.url().startsWith(host)) return
+    if (!r.url().startsWith(host) || answered.has(r)) return
     requests.push({ url: r.url(), method: r.method(), body: r.postData(), status: null,
                     failure: r.failure()?.errorText })
   })
   const query = new URLSearchParams({ host, key, run })
   await page.goto(`${pageUrl}/?${query}`)
-  // The SDK resolves its calls before their requests finish: wait for the three answers.
-  const answered = ['/v1/i', '/v1/t', '/v1/p'].map((path) =>
-    page.waitForResponse((r) => r.url() === host + path && r.request().method() === 'POST',
-                         { timeout: 15000 }).catch(() => null))
   const result = await page.evaluate(() => window.sendAll())
-  await Promise.all(answered)
   // Leaving the page fires pagehide: the beacon.
   await page.goto('about:blank')
   await new Promise((r) => setTimeout(r, 500))
