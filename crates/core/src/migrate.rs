@@ -1,9 +1,29 @@
-//! `ess migrate`: the topics, the database and the tables, idempotently.
+//! `ess migrate`: the topics, the database and the tables, from nothing or from an earlier
+//! layout, idempotently.
+//!
+//! The layout is read from the table itself (`system.tables.sorting_key` and its columns):
+//! - no table: create the current layout;
+//! - the current layout ([`crate::schema::SORT_KEY`]): add any column it lacks, apply
+//!   `clickhouse.ttl`, or do nothing;
+//! - the first layout (`ORDER BY id`): move it — create the current layout beside it as
+//!   `{local}_next`, copy every row on one replica of each shard (`INSERT … SELECT`), check that
+//!   every shard holds as many rows per source in both, then swap the names in one `RENAME`
+//!   (the old table stays as `{local}_v1`, to be dropped by hand) and recreate the
+//!   Distributed table over the new one. The sinks must be stopped while it runs: rows they
+//!   wrote into the old table after the copy would stay behind in `{local}_v1`;
+//! - anything else: refuse, naming the statement that moves the table aside.
+//!
+//! [`plan`] says what would be done without changing anything (`ess migrate --print`).
 
-use crate::clickhouse::{ClickHouseError, ServerVersion, connect};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ::clickhouse::Client;
+
+use crate::clickhouse::{ClickHouseError, Flavor, ServerVersion, connect};
 use crate::config::Config;
 use crate::kafka::ensure_topic;
-use crate::schema::Schema;
+use crate::schema::{COLUMNS, Schema};
 
 /// Why migration failed.
 #[derive(Debug, thiserror::Error)]
@@ -11,7 +31,7 @@ pub enum MigrateError {
     /// ClickHouse could not be reached or refused a statement.
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
-    /// A DDL statement failed.
+    /// A statement failed.
     #[error("ClickHouse refused `{statement}`: {source}")]
     Ddl {
         /// The statement.
@@ -27,6 +47,104 @@ pub enum MigrateError {
         /// The error.
         source: rdkafka::error::KafkaError,
     },
+    /// What is there cannot be migrated automatically; the message says what to run.
+    #[error("{0}")]
+    Refused(String),
+    /// The copy does not hold every row; nothing was swapped.
+    #[error(
+        "the copy {table} on {node} does not hold every row (per source, old vs new: {counts}); \
+         the old table is untouched"
+    )]
+    Lost {
+        /// The node.
+        node: String,
+        /// The new table.
+        table: String,
+        /// The differing counts.
+        counts: String,
+    },
+}
+
+/// The layout `ess migrate` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No events table.
+    Nothing,
+    /// The first layout, `ORDER BY id`, with these columns.
+    First {
+        /// Its columns.
+        columns: Vec<String>,
+    },
+    /// The current layout, with these columns.
+    Current {
+        /// Its columns.
+        columns: Vec<String>,
+        /// Its `CREATE TABLE` statement as the server shows it.
+        create: String,
+    },
+}
+
+impl fmt::Display for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Nothing => f.write_str("no events table"),
+            Self::First { .. } => f.write_str("layout 1 (ORDER BY id)"),
+            Self::Current { .. } => write!(f, "layout {}", crate::schema::LAYOUT),
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A statement, on one node (`Some(url)`) or on the node `clickhouse.url` names.
+    Sql {
+        /// Where it runs; `None` for `clickhouse.url` (statements `ON CLUSTER` or single server).
+        node: Option<String>,
+        /// The statement.
+        sql: String,
+    },
+    /// Rows per source must be equal in `from` and `to` on `node` before going on.
+    Check {
+        /// The node.
+        node: String,
+        /// The old table.
+        from: String,
+        /// The new table.
+        to: String,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sql { node: None, sql } => write!(f, "{sql};"),
+            Self::Sql {
+                node: Some(node),
+                sql,
+            } => write!(f, "-- on {node}\n{sql};"),
+            Self::Check { node, from, to } => write!(
+                f,
+                "-- on {node}: check that `SELECT source, count() FROM … GROUP BY source` is the \
+                 same for {from} and {to}"
+            ),
+        }
+    }
+}
+
+/// What `ess migrate` would do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The server it asked.
+    pub version: ServerVersion,
+    /// The schema it moves to.
+    pub schema: Schema,
+    /// What it found.
+    pub found: Found,
+    /// The steps, in order; empty when nothing is to be done.
+    pub steps: Vec<Step>,
+    /// What the operator should know afterwards (e.g. the kept old table).
+    pub notes: Vec<String>,
 }
 
 /// What migration did.
@@ -38,9 +156,15 @@ pub struct Migrated {
     pub schema: Schema,
     /// Topics it created (empty when all existed).
     pub created_topics: Vec<String>,
+    /// The layout found before.
+    pub found: Found,
+    /// The steps it ran (empty when the tables were already current).
+    pub steps: Vec<Step>,
+    /// What the operator should know.
+    pub notes: Vec<String>,
 }
 
-/// Creates the events and dead-letter topics and the ClickHouse tables unless they exist.
+/// Creates the topics unless they exist, then brings the tables to the current layout.
 pub async fn run(config: &Config) -> Result<Migrated, MigrateError> {
     let mut created_topics = Vec::new();
     for (topic, partitions) in [
@@ -57,22 +181,376 @@ pub async fn run(config: &Config) -> Result<Migrated, MigrateError> {
             created_topics.push(topic.clone());
         }
     }
+    let plan = plan(config).await?;
+    apply(config, &plan).await?;
+    Ok(Migrated {
+        version: plan.version,
+        schema: plan.schema,
+        created_topics,
+        found: plan.found,
+        steps: plan.steps,
+        notes: plan.notes,
+    })
+}
+
+/// Reads what is there and says what [`run`] would do with the tables; changes nothing.
+pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
     let ch = &config.clickhouse;
     let (client, version) = connect(ch, &ch.url).await?;
     let schema = Schema::new(ch, version.flavor());
-    for statement in schema.ddl() {
-        client
-            .query(&statement)
-            .execute()
-            .await
-            .map_err(|source| MigrateError::Ddl {
-                statement: statement.clone(),
-                source,
-            })?;
+    if schema.ttl_secs.is_some() && schema.flavor == Flavor::Legacy {
+        return Err(MigrateError::Refused(format!(
+            "`clickhouse.ttl` needs ClickHouse 19.6 or later (table TTL); this server is {}. \
+             Unset it, and drop old months by hand instead: \
+             ALTER TABLE {}.{}{} DROP PARTITION 202601",
+            version.text,
+            schema.database,
+            schema.local_table(),
+            schema.on_cluster()
+        )));
     }
-    Ok(Migrated {
+    let found = find(&client, &schema).await?;
+    let mut notes = Vec::new();
+    let steps = match &found {
+        Found::Nothing => schema
+            .ddl()
+            .into_iter()
+            .map(|sql| Step::Sql { node: None, sql })
+            .collect(),
+        Found::Current { columns, create } => update(&schema, columns, create),
+        Found::First { columns } => {
+            let shards = shard_nodes(config).await?;
+            let kept = format!("{}.{}_v1", schema.database, schema.local_table());
+            if exists(
+                &client,
+                &schema.database,
+                &format!("{}_v1", schema.local_table()),
+            )
+            .await?
+            {
+                return Err(MigrateError::Refused(format!(
+                    "{} is in layout 1 and {kept} exists (an earlier layout kept by a previous \
+                     migration); drop or rename it first: DROP TABLE {kept}{}",
+                    schema.local_table(),
+                    schema.on_cluster()
+                )));
+            }
+            notes.push(format!(
+                "the previous table is kept as {kept}; once satisfied, drop it: DROP TABLE \
+                 {kept}{}",
+                schema.on_cluster()
+            ));
+            rebuild(&schema, columns, &shards)
+        }
+    };
+    Ok(Plan {
         version,
         schema,
-        created_topics,
+        found,
+        steps,
+        notes,
     })
+}
+
+/// Runs the plan's steps in order.
+pub async fn apply(config: &Config, plan: &Plan) -> Result<(), MigrateError> {
+    let ch = &config.clickhouse;
+    let mut clients: BTreeMap<String, Client> = BTreeMap::new();
+    for step in &plan.steps {
+        let url = match step {
+            Step::Sql { node, .. } => node.clone().unwrap_or_else(|| ch.url.clone()),
+            Step::Check { node, .. } => node.clone(),
+        };
+        if !clients.contains_key(&url) {
+            let (client, _) = connect(ch, &url).await?;
+            clients.insert(url.clone(), client);
+        }
+        let Some(client) = clients.get(&url) else {
+            continue;
+        };
+        match step {
+            Step::Sql { sql, .. } => {
+                client
+                    .query(sql)
+                    .execute()
+                    .await
+                    .map_err(|source| MigrateError::Ddl {
+                        statement: sql.clone(),
+                        source,
+                    })?;
+            }
+            Step::Check { node, from, to } => {
+                let (old, new) = (
+                    per_source(client, from).await?,
+                    per_source(client, to).await?,
+                );
+                if old != new {
+                    return Err(MigrateError::Lost {
+                        node: node.clone(),
+                        table: to.clone(),
+                        counts: format!("{old:?} vs {new:?}"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn per_source(client: &Client, table: &str) -> Result<Vec<(String, u64)>, MigrateError> {
+    let sql = format!("SELECT source, count() FROM {table} GROUP BY source ORDER BY source");
+    client
+        .query(&sql)
+        .fetch_all::<(String, u64)>()
+        .await
+        .map_err(|source| MigrateError::Ddl {
+            statement: sql,
+            source,
+        })
+}
+
+async fn exists(client: &Client, database: &str, table: &str) -> Result<bool, MigrateError> {
+    let sql = "SELECT count() FROM system.tables WHERE database = ? AND name = ?";
+    let n: u64 = client
+        .query(sql)
+        .bind(database)
+        .bind(table)
+        .fetch_one()
+        .await
+        .map_err(|source| MigrateError::Ddl {
+            statement: sql.into(),
+            source,
+        })?;
+    Ok(n > 0)
+}
+
+/// Reads the events table's layout.
+async fn find(client: &Client, schema: &Schema) -> Result<Found, MigrateError> {
+    let local = schema.local_table();
+    let sql = "SELECT sorting_key, create_table_query FROM system.tables \
+               WHERE database = ? AND name = ?";
+    let table: Option<(String, String)> = client
+        .query(sql)
+        .bind(&schema.database)
+        .bind(&local)
+        .fetch_optional()
+        .await
+        .map_err(|source| MigrateError::Ddl {
+            statement: sql.into(),
+            source,
+        })?;
+    let Some((sorting_key, create)) = table else {
+        return Ok(Found::Nothing);
+    };
+    let sql = "SELECT name FROM system.columns WHERE database = ? AND table = ?";
+    let columns: Vec<String> = client
+        .query(sql)
+        .bind(&schema.database)
+        .bind(&local)
+        .fetch_all()
+        .await
+        .map_err(|source| MigrateError::Ddl {
+            statement: sql.into(),
+            source,
+        })?;
+    match sorting_key.as_str() {
+        "id" => Ok(Found::First { columns }),
+        key if key == crate::schema::SORT_KEY => Ok(Found::Current { columns, create }),
+        other => Err(MigrateError::Refused(format!(
+            "{db}.{local} is sorted by ({other}), a layout ess does not know; move it aside and \
+             run `ess migrate` again: RENAME TABLE {db}.{local} TO {db}.{local}_old{on}",
+            db = schema.database,
+            on = schema.on_cluster()
+        ))),
+    }
+}
+
+/// Steps bringing a current-layout table up to date: missing columns, TTL.
+fn update(schema: &Schema, columns: &[String], create: &str) -> Vec<Step> {
+    let table = format!("{}.{}", schema.database, schema.local_table());
+    let on = schema.on_cluster();
+    let mut steps: Vec<Step> = COLUMNS
+        .iter()
+        .filter(|(name, _)| !columns.iter().any(|c| c == name))
+        .map(|(name, ty)| Step::Sql {
+            node: None,
+            sql: format!(
+                "ALTER TABLE {table}{on} ADD COLUMN {name} {}",
+                ty.sql(schema.flavor)
+            ),
+        })
+        .collect();
+    if !steps.is_empty() && !schema.cluster.is_empty() {
+        steps.extend(recreate_distributed(schema));
+    }
+    if let Some(ttl) = schema.ttl_clause() {
+        if !create.contains(&format!("TTL {ttl}")) {
+            steps.push(Step::Sql {
+                node: None,
+                sql: format!("ALTER TABLE {table}{on} MODIFY TTL {ttl}"),
+            });
+        }
+    }
+    steps
+}
+
+fn recreate_distributed(schema: &Schema) -> Vec<Step> {
+    vec![
+        Step::Sql {
+            node: None,
+            sql: format!(
+                "DROP TABLE IF EXISTS {}.{}{}",
+                schema.database,
+                schema.table,
+                schema.on_cluster()
+            ),
+        },
+        Step::Sql {
+            node: None,
+            sql: schema.create_distributed(),
+        },
+    ]
+}
+
+/// Steps moving a layout-1 table to the current layout (see the module docs).
+fn rebuild(schema: &Schema, old_columns: &[String], shards: &[String]) -> Vec<Step> {
+    let db = &schema.database;
+    let on = schema.on_cluster();
+    let local = schema.local_table();
+    let (old, next, kept) = (
+        format!("{db}.{local}"),
+        format!("{db}.{local}_next"),
+        format!("{db}.{local}_v1"),
+    );
+    // Columns the old table lacks take their defaults (empty strings).
+    let common: Vec<&str> = COLUMNS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| old_columns.iter().any(|c| c == name))
+        .collect();
+    let common = common.join(", ");
+    let mut steps = vec![
+        // A copy left by an interrupted run is dropped and made again.
+        Step::Sql {
+            node: None,
+            sql: format!("DROP TABLE IF EXISTS {next}{on}"),
+        },
+        Step::Sql {
+            node: None,
+            sql: schema.create_local(&format!("{local}_next")),
+        },
+    ];
+    for node in shards {
+        steps.push(Step::Sql {
+            node: Some(node.clone()),
+            sql: format!("INSERT INTO {next} ({common}) SELECT {common} FROM {old}"),
+        });
+        steps.push(Step::Check {
+            node: node.clone(),
+            from: old.clone(),
+            to: next.clone(),
+        });
+    }
+    steps.push(Step::Sql {
+        node: None,
+        sql: format!("RENAME TABLE {old} TO {kept}, {next} TO {old}{on}"),
+    });
+    if !schema.cluster.is_empty() {
+        steps.extend(recreate_distributed(schema));
+    }
+    steps
+}
+
+/// One node per shard (by its `shard` macro), or `clickhouse.url` on a single server.
+async fn shard_nodes(config: &Config) -> Result<Vec<String>, MigrateError> {
+    let ch = &config.clickhouse;
+    if ch.cluster.is_empty() {
+        return Ok(vec![ch.url.clone()]);
+    }
+    let mut shards: BTreeMap<String, String> = BTreeMap::new();
+    for url in ch.all_nodes() {
+        let (client, _) = connect(ch, &url).await?;
+        let sql = "SELECT substitution FROM system.macros WHERE macro = 'shard'";
+        let shard: Option<String> =
+            client
+                .query(sql)
+                .fetch_optional()
+                .await
+                .map_err(|source| MigrateError::Ddl {
+                    statement: sql.into(),
+                    source,
+                })?;
+        let Some(shard) = shard else {
+            return Err(MigrateError::Refused(format!(
+                "{url} has no `shard` macro, so its shard is unknown; list only the cluster's \
+                 nodes in `clickhouse.nodes`"
+            )));
+        };
+        shards.entry(shard).or_insert(url);
+    }
+    Ok(shards.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClickHouseConfig;
+
+    fn schema(cluster: &str) -> Schema {
+        let config = ClickHouseConfig {
+            cluster: cluster.into(),
+            ..ClickHouseConfig::default()
+        };
+        Schema::new(&config, Flavor::Legacy)
+    }
+
+    #[test]
+    fn a_first_layout_table_is_copied_checked_and_swapped() {
+        let old: Vec<String> = [
+            "id",
+            "type",
+            "source",
+            "event_time",
+            "ingest_time",
+            "store_time",
+            "properties",
+            "kafka_partition",
+            "kafka_offset",
+        ]
+        .map(String::from)
+        .to_vec();
+        let steps = rebuild(
+            &schema("ess"),
+            &old,
+            &["http://a".into(), "http://b".into()],
+        );
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert!(text[1].starts_with("CREATE TABLE ess.events_local_next ON CLUSTER ess"));
+        assert!(text[2].contains(
+            "INSERT INTO ess.events_local_next (id, type, source, event_time, ingest_time, \
+             store_time, properties, kafka_partition, kafka_offset) SELECT"
+        ));
+        assert!(matches!(&steps[3], Step::Check { node, .. } if node == "http://a"));
+        assert!(matches!(&steps[5], Step::Check { node, .. } if node == "http://b"));
+        assert_eq!(
+            text[6],
+            "RENAME TABLE ess.events_local TO ess.events_local_v1, ess.events_local_next TO \
+             ess.events_local ON CLUSTER ess;"
+        );
+        assert!(text[8].contains("ENGINE = Distributed"));
+    }
+
+    #[test]
+    fn a_current_table_needs_nothing_or_its_missing_columns() {
+        let s = schema("");
+        let all: Vec<String> = COLUMNS.iter().map(|(n, _)| n.to_string()).collect();
+        assert!(update(&s, &all, "").is_empty());
+        let fewer: Vec<String> = all.iter().filter(|c| *c != "ip").cloned().collect();
+        let steps = update(&s, &fewer, "");
+        assert_eq!(steps.len(), 1);
+        assert_eq!(
+            steps[0].to_string(),
+            "ALTER TABLE ess.events ADD COLUMN ip String;"
+        );
+    }
 }

@@ -113,6 +113,23 @@ event_columns!(
     "kafka_offset": Int64,
 );
 
+/// The table's sort key: the dedup key of the replacing merge, and the primary index.
+///
+/// Analysts ask for one tenant's events of some types over some days, so the key leads with
+/// `source`, then `type`, then the day: such a query reads only the granules of its
+/// (source, type, day) ranges — measured in `docs/queries.md`: a one-day, one-source,
+/// one-type count over 30 days of data reads a few percent of the rows, against all of them
+/// with the earlier `ORDER BY id`. `id` last makes the key unique per event. Every copy of
+/// one event (a retry, a replay after a sink restart) shares all four — `event_date` comes
+/// from the client's event time, which a retry repeats — so the replacing merge still
+/// collapses them, and `source` in the key means two tenants' events with the same id are
+/// two rows that never replace each other.
+pub const SORT_KEY: &str = "source, type, event_date, id";
+
+/// The layout version `ess migrate` creates; it is in the replication path, so two layouts
+/// never share one.
+pub const LAYOUT: u32 = 2;
+
 /// The tables of one database, for one server flavor.
 #[derive(Debug, Clone)]
 pub struct Schema {
@@ -124,6 +141,8 @@ pub struct Schema {
     pub table: String,
     /// Cluster name; empty for a single server.
     pub cluster: String,
+    /// Retention in seconds of event time; `None` keeps rows forever.
+    pub ttl_secs: Option<u64>,
 }
 
 impl Schema {
@@ -134,6 +153,7 @@ impl Schema {
             database: config.database.clone(),
             table: config.table.clone(),
             cluster: config.cluster.clone(),
+            ttl_secs: config.ttl.map(|t| t.as_secs()),
         }
     }
 
@@ -142,7 +162,8 @@ impl Schema {
         local_table_of(&self.table, &self.cluster)
     }
 
-    fn on_cluster(&self) -> String {
+    /// ` ON CLUSTER name`, or nothing on a single server.
+    pub fn on_cluster(&self) -> String {
         if self.cluster.is_empty() {
             String::new()
         } else {
@@ -167,48 +188,89 @@ impl Schema {
         }
     }
 
-    fn month_of(&self, column: &str) -> String {
+    /// SQL for the UTC day of a time column.
+    pub fn day_of(&self, column: &str) -> String {
         match self.flavor {
-            Flavor::Modern => format!("toYYYYMM({column})"),
-            Flavor::Legacy => format!("toYYYYMM(toDateTime(intDiv({column}, 1000)))"),
+            Flavor::Modern => format!("toDate({column}, 'UTC')"),
+            Flavor::Legacy => format!("toDate(toDateTime(intDiv({column}, 1000), 'UTC'))"),
         }
     }
 
-    /// Statements creating the database and tables; each is idempotent.
-    pub fn ddl(&self) -> Vec<String> {
+    /// `CREATE TABLE {name}` of the events table in the current layout (without
+    /// `IF NOT EXISTS`), replicated under the path of `{local}` on a cluster.
+    pub fn create_local(&self, name: &str) -> String {
         let db = &self.database;
         let on = self.on_cluster();
-        let local = self.local_table();
-        // The sort key is the event id alone. ReplacingMergeTree collapses rows with equal sort
-        // keys, so a key holding anything that differs between two copies of one event (ingest
-        // time, Kafka offset) would keep both copies forever; the event id is what a retried or
-        // replayed event shares. The version column keeps the latest ingested copy. Rows are
-        // partitioned by the month of the event time, which a client's retry repeats too.
+        // The version column keeps the latest ingested copy of an event.
         let engine = if self.cluster.is_empty() {
             "ReplacingMergeTree(ingest_time)".to_owned()
         } else {
             format!(
-                "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/{local}', \
-                 '{{replica}}', ingest_time)"
+                "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/{local}_v{LAYOUT}', \
+                 '{{replica}}', ingest_time)",
+                local = self.local_table()
             )
         };
+        // `event_date` is computed by the server from the event time (never sent); queries
+        // filter on it to use the partition and the sort key on every server version.
+        let mut extra = format!(
+            ", event_date Date MATERIALIZED {}",
+            self.day_of("event_time")
+        );
+        if self.flavor == Flavor::Modern {
+            // Reconciliation asks for offsets at or past the committed ones: recent rows,
+            // which a min/max index per granule finds without reading the old ones.
+            extra.push_str(", INDEX kafka_offset_minmax kafka_offset TYPE minmax GRANULARITY 1");
+        }
+        // Partitions are months of event time: a month is few enough partitions for one
+        // insert of backfilled events (the server refuses an insert touching more than 100),
+        // and retention and queries by event time prune whole partitions.
+        let mut sql = format!(
+            "CREATE TABLE {db}.{name}{on} ({columns}{extra}) ENGINE = {engine} \
+             PARTITION BY toYYYYMM(event_date) ORDER BY ({SORT_KEY})",
+            columns = self.columns(),
+        );
+        if let Some(ttl) = self.ttl_clause() {
+            sql.push_str(&format!(" TTL {ttl}"));
+        }
+        sql
+    }
+
+    /// The TTL expression for `clickhouse.ttl`, if set.
+    pub fn ttl_clause(&self) -> Option<String> {
+        let secs = self.ttl_secs?;
+        let time = match self.flavor {
+            Flavor::Modern => "toDateTime(event_time)".to_owned(),
+            Flavor::Legacy => "toDateTime(intDiv(event_time, 1000))".to_owned(),
+        };
+        Some(format!("{time} + toIntervalSecond({secs})"))
+    }
+
+    /// `CREATE TABLE … ENGINE = Distributed` over the local table (cluster only).
+    pub fn create_distributed(&self) -> String {
+        let db = &self.database;
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{table}{on} AS {db}.{local} \
+             ENGINE = Distributed({cluster}, {db}, {local}, {key})",
+            table = self.table,
+            on = self.on_cluster(),
+            local = self.local_table(),
+            cluster = self.cluster,
+            key = SHARDING_KEY,
+        )
+    }
+
+    /// Statements creating the database and tables from nothing; each is idempotent.
+    pub fn ddl(&self) -> Vec<String> {
+        let db = &self.database;
+        let on = self.on_cluster();
+        let create = self.create_local(&self.local_table());
         let mut statements = vec![
             format!("CREATE DATABASE IF NOT EXISTS {db}{on}"),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {db}.{local}{on} ({columns}) ENGINE = {engine} \
-                 PARTITION BY {month} ORDER BY id",
-                columns = self.columns(),
-                month = self.month_of("event_time"),
-            ),
+            create.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1),
         ];
         if !self.cluster.is_empty() {
-            statements.push(format!(
-                "CREATE TABLE IF NOT EXISTS {db}.{table}{on} AS {db}.{local} \
-                 ENGINE = Distributed({cluster}, {db}, {local}, {key})",
-                table = self.table,
-                cluster = self.cluster,
-                key = SHARDING_KEY,
-            ));
+            statements.push(self.create_distributed());
         }
         statements
     }
@@ -254,7 +316,9 @@ mod tests {
         let ddl = schema(Flavor::Legacy, "ess").ddl();
         assert_eq!(ddl.len(), 3);
         assert!(ddl[1].contains("ess.events_local ON CLUSTER ess"));
-        assert!(ddl[1].contains("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/ess/events_local', '{replica}', ingest_time)"));
+        assert!(ddl[1].contains("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/ess/events_local_v2', '{replica}', ingest_time)"));
+        assert!(ddl[1].contains("ORDER BY (source, type, event_date, id)"));
+        assert!(!ddl[1].contains("TTL"));
         assert!(ddl[1].contains("event_time UInt64"));
         assert!(!ddl[1].contains("DateTime64"));
         assert!(ddl[2].contains("Distributed(ess, ess, events_local, cityHash64(toString(id)))"));
@@ -276,5 +340,13 @@ mod tests {
             ddl[1].contains("ess.events (") && ddl[1].contains("ReplacingMergeTree(ingest_time)")
         );
         assert!(ddl[1].contains("event_time DateTime64(3, 'UTC')"));
+        assert!(ddl[1].contains("INDEX kafka_offset_minmax"));
+    }
+
+    #[test]
+    fn ttl_is_on_event_time() {
+        let mut s = schema(Flavor::Modern, "");
+        s.ttl_secs = Some(86_400);
+        assert!(s.ddl()[1].ends_with("TTL toDateTime(event_time) + toIntervalSecond(86400)"));
     }
 }

@@ -29,14 +29,17 @@ enum Command {
         #[command(subcommand)]
         action: StackAction,
     },
-    /// Create the Kafka topics and the ClickHouse database and tables (idempotent).
+    /// Create the Kafka topics and the ClickHouse database and tables, or move the tables from
+    /// an earlier layout to the current one (idempotent; stop the sinks while it moves rows).
     Migrate {
-        /// Print the DDL instead of applying it (no server is contacted).
+        /// Print what would be done instead of doing it (reads the server's tables, changes
+        /// nothing).
         #[arg(long)]
         print: bool,
-        /// With --print: the ClickHouse version to write the DDL for.
-        #[arg(long, default_value = "18.16.1", requires = "print")]
-        server_version: String,
+        /// With --print: write the DDL creating the tables from nothing for this ClickHouse
+        /// version, without contacting any server.
+        #[arg(long, requires = "print")]
+        server_version: Option<String>,
     },
     /// Serve the HTTP ingest API (events → Kafka).
     Ingest,
@@ -102,7 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stack { action } => stack(&mut config, action).await,
         Command::Migrate {
             print: true,
-            server_version,
+            server_version: Some(server_version),
         } => {
             let version = ess_core::clickhouse::ServerVersion::parse(&server_version)
                 .with_context(|| {
@@ -114,20 +117,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate {
+            print: true,
+            server_version: None,
+        } => {
+            let plan = ess_core::migrate::plan(&config).await?;
+            println!(
+                "-- ClickHouse {}: found {}; {} step(s)",
+                plan.version.text,
+                plan.found,
+                plan.steps.len()
+            );
+            for step in &plan.steps {
+                println!("{step}");
+            }
+            for note in &plan.notes {
+                println!("-- {note}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate { print: false, .. } => {
             let done = ess_core::migrate::run(&config).await?;
             println!(
-                "migrated: ClickHouse {} ({:?} schema), database {}, table {}{}",
+                "migrated: ClickHouse {} ({:?} schema), database {}, table {}: found {}, {}{}",
                 done.version.text,
                 done.schema.flavor,
                 done.schema.database,
                 done.schema.table,
+                done.found,
+                if done.steps.is_empty() {
+                    "nothing to do".to_owned()
+                } else {
+                    format!("{} step(s) applied", done.steps.len())
+                },
                 if done.created_topics.is_empty() {
                     String::new()
                 } else {
                     format!(", created topics {}", done.created_topics.join(", "))
                 }
             );
+            for note in &done.notes {
+                println!("note: {note}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest => {

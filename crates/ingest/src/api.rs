@@ -103,6 +103,12 @@ pub enum ApiError {
         /// Human text.
         message: String,
     },
+    /// An event names a `source` other than the API key's id (auth on).
+    #[error("`source` must be the API key's id or absent: a key writes only its own events")]
+    SourceNotAllowed {
+        /// The event's position in a batch.
+        index: Option<usize>,
+    },
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
@@ -124,6 +130,7 @@ impl ApiError {
             Self::Body(BodyError::Corrupt(_)) | Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::Auth(AuthError::RateLimited(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::SourceNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotReady { .. } | Self::QueueFull { .. } | Self::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -150,6 +157,7 @@ impl ApiError {
             Self::NotReady { .. } => "not_ready",
             Self::QueueFull { .. } => "queue_full",
             Self::Unavailable { code, .. } | Self::Forbidden { code, .. } => code,
+            Self::SourceNotAllowed { .. } => "source_not_allowed",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
         }
@@ -202,6 +210,7 @@ impl ApiError {
         let status = self.status();
         let (index, field) = match &self {
             Self::Event(r) => (r.index, r.error.field()),
+            Self::SourceNotAllowed { index } => (*index, Some("source")),
             _ => (None, None),
         };
         let results = match &self {

@@ -5,8 +5,11 @@
 //! client's text ([`RawValue`]) and is walked once more to refuse duplicate keys and nesting
 //! deeper than the limit, which serde_json alone would let through.
 //!
-//! Top-level keys other than `id`, `type`, `timestamp`, `properties` and `source` are refused
-//! (`unknown_field`), so a misspelt field never disappears silently.
+//! Top-level keys other than `id`, `type`, `timestamp`, `properties`, `source`, `user_id`,
+//! `anonymous_id` and `context` are refused (`unknown_field`), so a misspelt field never
+//! disappears silently. `user_id` and `anonymous_id` follow the rules of `type` and `source`
+//! except that empty means absent; `context` follows those of `properties` (an object, within
+//! the same size and depth limits, without duplicate keys).
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -44,6 +47,12 @@ pub struct Event<'a> {
     pub timestamp: Option<Millis>,
     /// The properties object as the client wrote it; `None` when absent.
     pub properties: Option<&'a RawValue>,
+    /// The client's `user_id`, if given and not empty.
+    pub user_id: Option<Cow<'a, str>>,
+    /// The client's `anonymous_id`, if given and not empty.
+    pub anonymous_id: Option<Cow<'a, str>>,
+    /// The context object as the client wrote it; `None` when absent.
+    pub context: Option<&'a RawValue>,
 }
 
 /// Why an event (or the body holding it) was refused.
@@ -67,7 +76,10 @@ pub enum EventError {
     #[error("missing field `{0}`")]
     Missing(&'static str),
     /// A top-level key the event model does not have.
-    #[error("unknown field `{0}`; allowed: id, type, timestamp, properties, source")]
+    #[error(
+        "unknown field `{0}`; allowed: id, type, timestamp, properties, source, user_id, \
+         anonymous_id, context"
+    )]
     Unknown(String),
     /// The same key twice in one object.
     #[error("duplicate key `{0}`")]
@@ -86,6 +98,14 @@ pub enum EventError {
     /// `properties` is larger than allowed.
     #[error("`properties` is {size} bytes; the limit is {limit}")]
     PropertiesTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// `context` is larger than allowed.
+    #[error("`context` is {size} bytes; the limit is {limit}")]
+    ContextTooLarge {
         /// Its size.
         size: usize,
         /// The limit.
@@ -132,6 +152,7 @@ impl EventError {
             Self::Invalid { .. } => "invalid_field",
             Self::TooDeep(_) => "too_deep",
             Self::PropertiesTooLarge { .. } => "properties_too_large",
+            Self::ContextTooLarge { .. } => "context_too_large",
             Self::EmptyBatch => "empty_batch",
             Self::BatchTooLarge(_) | Self::BatchBytesTooLarge { .. } => "batch_too_large",
             Self::EventTooLarge { .. } => "event_too_large",
@@ -146,6 +167,7 @@ impl EventError {
             Self::Unknown(f) => Some(f),
             Self::TooDeep(_) | Self::PropertiesTooLarge { .. } => Some("properties"),
             Self::NoUser => Some("userId"),
+            Self::ContextTooLarge { .. } => Some("context"),
             _ => None,
         }
     }
@@ -155,6 +177,7 @@ impl EventError {
         matches!(
             self,
             Self::PropertiesTooLarge { .. }
+                | Self::ContextTooLarge { .. }
                 | Self::BatchTooLarge(_)
                 | Self::EventTooLarge { .. }
                 | Self::BatchBytesTooLarge { .. }
@@ -357,7 +380,40 @@ fn check_event(event: &Event<'_>, limits: &Limits) -> Result<(), EventError> {
     if let Some(props) = event.properties {
         check_properties(props, limits)?;
     }
+    for (field, value) in [
+        ("user_id", &event.user_id),
+        ("anonymous_id", &event.anonymous_id),
+    ] {
+        if let Some(value) = value {
+            check_name(field, value, limits.max_type_len)?;
+        }
+    }
+    if let Some(context) = event.context {
+        check_context(context, limits)?;
+    }
     Ok(())
+}
+
+/// `context` is held to the rules of `properties`, under its own name.
+fn check_context(context: &RawValue, limits: &Limits) -> Result<(), EventError> {
+    check_properties(context, limits).map_err(|e| match e {
+        EventError::Invalid { reason, .. } => EventError::Invalid {
+            field: "context",
+            reason,
+        },
+        EventError::TooDeep(max) => EventError::Invalid {
+            field: "context",
+            reason: format!("nests deeper than {max} levels"),
+        },
+        EventError::PropertiesTooLarge { size, limit } => {
+            EventError::ContextTooLarge { size, limit }
+        }
+        EventError::Duplicate(key) => EventError::Invalid {
+            field: "context",
+            reason: format!("duplicate key `{key}`"),
+        },
+        other => other,
+    })
 }
 
 fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
@@ -412,6 +468,9 @@ enum Field<'de> {
     Timestamp,
     Properties,
     Source,
+    UserId,
+    AnonymousId,
+    Context,
     Unknown(Cow<'de, str>),
 }
 
@@ -445,6 +504,9 @@ impl FieldSeed {
             "timestamp" => Field::Timestamp,
             "properties" => Field::Properties,
             "source" => Field::Source,
+            "user_id" => Field::UserId,
+            "anonymous_id" => Field::AnonymousId,
+            "context" => Field::Context,
             _ => return None,
         })
     }
@@ -568,6 +630,9 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         let mut source: Option<Option<Cow<'de, str>>> = None;
         let mut timestamp: Option<Option<Millis>> = None;
         let mut properties: Option<Option<&'de RawValue>> = None;
+        let mut user_id: Option<Option<Cow<'de, str>>> = None;
+        let mut anonymous_id: Option<Option<Cow<'de, str>>> = None;
+        let mut context: Option<Option<&'de RawValue>> = None;
         while let Some(field) = map.next_key_seed(FieldSeed)? {
             let duplicate = |name: &str| self.fail(EventError::Duplicate(name.to_owned()));
             match field {
@@ -607,6 +672,25 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                     let raw = self.value(&mut map, "properties", Plain::<&'de RawValue>::new())?;
                     properties = Some(if raw.get() == "null" { None } else { Some(raw) });
                 }
+                Field::UserId => {
+                    if user_id.is_some() {
+                        return Err(duplicate("user_id"));
+                    }
+                    user_id = Some(self.value(&mut map, "user_id", Nullable(StrSeed))?);
+                }
+                Field::AnonymousId => {
+                    if anonymous_id.is_some() {
+                        return Err(duplicate("anonymous_id"));
+                    }
+                    anonymous_id = Some(self.value(&mut map, "anonymous_id", Nullable(StrSeed))?);
+                }
+                Field::Context => {
+                    if context.is_some() {
+                        return Err(duplicate("context"));
+                    }
+                    let raw = self.value(&mut map, "context", Plain::<&'de RawValue>::new())?;
+                    context = Some(if raw.get() == "null" { None } else { Some(raw) });
+                }
                 Field::Unknown(name) => {
                     return Err(self.fail(EventError::Unknown(name.into_owned())));
                 }
@@ -621,6 +705,10 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             source: source.flatten(),
             timestamp: timestamp.flatten(),
             properties: properties.flatten(),
+            // Empty identity is no identity: stored as the empty string either way.
+            user_id: user_id.flatten().filter(|v| !v.is_empty()),
+            anonymous_id: anonymous_id.flatten().filter(|v| !v.is_empty()),
+            context: context.flatten(),
         })
     }
 }
@@ -748,6 +836,68 @@ mod tests {
         assert_eq!(event.properties.unwrap().get(), r#"{"a":[1,{"b":2}]}"#);
         let minimal = parse_single(r#"{"type":"x","properties":null,"id":null}"#, &LIMITS).unwrap();
         assert!(minimal.id.is_none() && minimal.properties.is_none());
+    }
+
+    #[test]
+    fn identity_and_context_are_read_and_held_to_the_rules_of_their_kin() {
+        let text =
+            r#"{"type":"a","user_id":"ü\"1","anonymous_id":"","context":{"page":{"p":"/"}}}"#;
+        let event = parse_single(text, &LIMITS).unwrap();
+        assert_eq!(event.user_id.as_deref(), Some("ü\"1"));
+        assert_eq!(event.anonymous_id, None, "empty is absent");
+        assert_eq!(event.context.unwrap().get(), r#"{"page":{"p":"/"}}"#);
+        let none = parse_single(r#"{"type":"a","context":null,"user_id":null}"#, &LIMITS).unwrap();
+        assert!(none.context.is_none() && none.user_id.is_none());
+        assert!(matches!(
+            err(r#"{"type":"a","user_id":"   "}"#),
+            EventError::Invalid {
+                field: "user_id",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"type":"a","anonymous_id":"0123456789abcdefg"}"#),
+            EventError::Invalid {
+                field: "anonymous_id",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"type":"a","user_id":7}"#),
+            EventError::Invalid {
+                field: "user_id",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"type":"a","context":[1]}"#),
+            EventError::Invalid {
+                field: "context",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"type":"a","context":{"a":{"b":{"c":{}}}}}"#),
+            EventError::Invalid {
+                field: "context",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"type":"a","context":{"k":1,"k":2}}"#),
+            EventError::Invalid {
+                field: "context",
+                ..
+            }
+        ));
+        let big = format!(r#"{{"type":"a","context":{{"k":"{}"}}}}"#, "x".repeat(80));
+        let e = err(&big);
+        assert_eq!(e.code(), "context_too_large");
+        assert!(e.is_too_large());
+        assert_eq!(
+            err(r#"{"type":"a","context":{},"context":{}}"#),
+            EventError::Duplicate("context".into())
+        );
     }
 
     #[test]

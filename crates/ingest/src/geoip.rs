@@ -1,12 +1,12 @@
-//! Enrichment from the client address: GeoIP (`ingest.geoip_db`, a MaxMind-format `.mmdb` such
-//! as GeoLite2-City or DB-IP City Lite) and dropping trailing octets (`ingest.ip_drop_octets`).
+//! GeoIP (`ingest.geoip_db`, a MaxMind-format `.mmdb` such as GeoLite2-City or DB-IP City
+//! Lite): the client address's place, looked up before `ingest.anonymize_ip` zeroes its host part.
 //!
 //! A lookup gives the Segment spec's `context.location` fields: `country`, `region` (the first
 //! subdivision), `city`, `latitude`, `longitude`, all in English, each only when the database
 //! has it. Addresses the database does not cover, and private ones, give nothing.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -103,39 +103,5 @@ impl GeoIp {
             }
         }
         (!out.is_empty()).then_some(out)
-    }
-}
-
-/// `ip` with its last `octets` IPv4 octets zeroed; an IPv6 address keeps its first 48 bits when
-/// `octets` ≥ 1.
-pub fn drop_octets(ip: IpAddr, octets: u8) -> IpAddr {
-    if octets == 0 {
-        return ip;
-    }
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = 8 * u32::from(octets.min(4));
-            let mask = u32::MAX.checked_shl(bits).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX << 80;
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trailing_octets_are_zeroed() {
-        let v4: IpAddr = "203.0.113.77".parse().unwrap();
-        assert_eq!(drop_octets(v4, 0), v4);
-        assert_eq!(drop_octets(v4, 1).to_string(), "203.0.113.0");
-        assert_eq!(drop_octets(v4, 3).to_string(), "203.0.0.0");
-        let v6: IpAddr = "2001:db8:1234:5678::1".parse().unwrap();
-        assert_eq!(drop_octets(v6, 1).to_string(), "2001:db8:1234::");
     }
 }

@@ -11,6 +11,7 @@
 //! - [`router`]: routes, handlers and the shared state ([`app`]).
 //! - [`api`]: the response bodies and the error → status mapping.
 //! - [`event`]: reading and validating events from a body (single, array, NDJSON).
+//! - [`context`]: the client's address (trusted-proxy rule, anonymisation) and user agent.
 //! - [`body`]: media types, content encodings, capped decompression.
 //! - [`auth`]: API keys (constant-time) and their token buckets.
 //! - [`producer`]: the Kafka producer and the per-event verdicts.
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod context;
 pub mod cors;
 pub mod event;
 pub mod geoip;

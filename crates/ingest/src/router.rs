@@ -5,13 +5,14 @@
 //! broker's verdict on every event → 202, or an error (see [`crate::api`]).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,7 @@ use uuid::Uuid;
 use crate::api::{Accepted, ApiError, EventResult, json_response};
 use crate::auth::Keys;
 use crate::body::{self, BodyError, Encoding, Format};
+use crate::context::{ClientAddress, RequestContext};
 use crate::event::{self, Event, Limits};
 use crate::metrics::Metrics;
 use crate::producer::{EnqueueError, Outcome, Producer};
@@ -39,6 +41,7 @@ pub struct AppState {
     pub(crate) config: IngestConfig,
     pub(crate) limits: Limits,
     pub(crate) keys: Keys,
+    pub(crate) client_address: ClientAddress,
     producer: Producer,
     pub(crate) metrics: Metrics,
     pub(crate) ready: AtomicBool,
@@ -67,6 +70,7 @@ impl AppState {
                 keys.mark_public(&ingest.cors.public_keys);
                 keys
             },
+            client_address: ClientAddress::new(ingest),
             producer: Producer::new(config, stats).map_err(crate::Error::Producer)?,
             metrics,
             ready: AtomicBool::new(false),
@@ -176,6 +180,18 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
         (true, Format::Json) => event::parse_array(text, &state.limits)?,
         (true, Format::Ndjson) => event::parse_ndjson(text, &state.limits)?,
     };
+    // With auth on, the source is the key's id: an event naming another is refused whole
+    // (403), so one tenant can neither write as another nor replace its rows.
+    if let Some(id) = caller.id {
+        let other = events
+            .iter()
+            .position(|e| e.source.as_deref().is_some_and(|s| s != id));
+        if let Some(index) = other {
+            return Err(ApiError::SourceNotAllowed {
+                index: batch.then_some(index),
+            });
+        }
+    }
     state.keys.take(&caller, events.len())?;
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::NotReady {
@@ -183,7 +199,12 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
         });
     }
     let source = caller.id.unwrap_or("");
-    produce(state, &events, source, batch).await
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let context = state.client_address.context(peer, &parts.headers);
+    produce(state, &events, source, &context, batch).await
 }
 
 pub(crate) async fn read_body(
@@ -265,6 +286,7 @@ async fn produce(
     state: &AppState,
     events: &[Event<'_>],
     default_source: &str,
+    context: &RequestContext,
     batch: bool,
 ) -> Result<Accepted, ApiError> {
     produce_each(
@@ -281,7 +303,11 @@ async fn produce(
                 timestamp: event.timestamp.unwrap_or(ingest_time),
                 ingest_time,
                 properties: event.properties.unwrap_or(&state.empty_properties),
-                ..WireEvent::default()
+                user_id: Cow::Borrowed(event.user_id.as_deref().unwrap_or("")),
+                anonymous_id: Cow::Borrowed(event.anonymous_id.as_deref().unwrap_or("")),
+                context: event.context.unwrap_or(&state.empty_properties),
+                ip: Cow::Borrowed(&context.ip),
+                user_agent: Cow::Borrowed(&context.user_agent),
             };
             serde_json::to_writer(payload, &wire)
         },

@@ -84,9 +84,13 @@ pub async fn serve(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let served = axum::serve(listener, app(Arc::clone(&state)))
-        .with_graceful_shutdown(signal)
-        .await;
+    // The peer address is the client's, or the proxy's whose headers `context` reads.
+    let served = axum::serve(
+        listener,
+        app(Arc::clone(&state)).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .await;
     probe.abort();
     supervisor.abort();
     upkeep.abort();

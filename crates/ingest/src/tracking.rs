@@ -11,13 +11,13 @@
 //! and retry 408, 429 (after `Retry-After`) and 5xx, which is what ess answers for the same cases.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_TYPE, USER_AGENT};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
@@ -31,7 +31,7 @@ use crate::api::{ApiError, json_response};
 use crate::body::{self, BodyError};
 use crate::cors::{self, Cors, From};
 use crate::event;
-use crate::geoip::{self, GeoIp};
+use crate::geoip::GeoIp;
 use crate::router::{AppState, decode, produce_each, read_body};
 use crate::segment::{self, Call, Message, Route, SizeLimits};
 
@@ -61,7 +61,6 @@ pub struct Tracking {
     cors: Cors,
     geoip: Option<GeoIp>,
     sizes: SizeLimits,
-    drop_octets: u8,
 }
 
 impl Tracking {
@@ -74,7 +73,6 @@ impl Tracking {
                 max_event_bytes: config.segment.max_event_bytes,
                 max_batch_bytes: config.segment.max_batch_bytes,
             },
-            drop_octets: config.ip_drop_octets,
         })
     }
 }
@@ -103,11 +101,15 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 async fn handle(state: &AppState, request: Request, route: Route) -> Response {
     let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let from = match state.tracking.cors.check(&parts.headers) {
         Ok(from) => from,
         Err(e) => return state.respond(e.into_segment_response()),
     };
-    let mut response = match ingest(state, &parts.headers, body, route, &from).await {
+    let mut response = match ingest(state, &parts.headers, peer, body, route, &from).await {
         Ok(ids) => success(&ids),
         Err(e) => e.into_segment_response(),
     };
@@ -140,6 +142,7 @@ fn media_type(headers: &HeaderMap) -> Result<(), BodyError> {
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
     body: axum::body::Body,
     route: Route,
     from: &From,
@@ -183,9 +186,9 @@ async fn ingest(
         });
     }
     let source = caller.id.unwrap_or("");
-    let client = client_ip(headers);
-    let header_agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok());
-    let enriched = enrich(&state.tracking, &messages, client);
+    let client = state.client_address.client_ip(peer, headers);
+    let header_agent = state.client_address.context(peer, headers).user_agent;
+    let enriched = enrich(state, &messages, client);
     let accepted = produce_each(
         state,
         messages.len(),
@@ -211,8 +214,7 @@ async fn ingest(
                 user_agent: Cow::Borrowed(
                     m.context_user_agent
                         .as_deref()
-                        .or(header_agent)
-                        .unwrap_or(""),
+                        .unwrap_or(&header_agent),
                 ),
             };
             serde_json::to_writer(payload, &wire)
@@ -222,15 +224,11 @@ async fn ingest(
     Ok(accepted.ids)
 }
 
-/// The address the request came from (the client's, by the trusted-proxy rule).
-fn client_ip(_headers: &HeaderMap) -> Option<IpAddr> {
-    None
-}
-
-/// Per call: the ip to store (the call's `context.ip`, else the client's; octets dropped as
-/// configured) and, with GeoIP, the context with `location` filled in.
+/// Per call: the ip to store (the call's `context.ip`, else the client's by the trusted-proxy
+/// rule; anonymized as configured, after the lookup) and, with GeoIP, the context with
+/// `location` filled in.
 fn enrich(
-    tracking: &Tracking,
+    state: &AppState,
     messages: &[Message<'_>],
     client: Option<IpAddr>,
 ) -> Vec<(String, Option<Box<RawValue>>)> {
@@ -238,14 +236,14 @@ fn enrich(
         .iter()
         .map(|m| {
             let ip = m.context_ip.or(client);
-            let context = match (&tracking.geoip, ip) {
+            let context = match (&state.tracking.geoip, ip) {
                 (Some(geo), Some(ip)) => geo
                     .location(ip)
                     .and_then(|location| with_location(m.context.as_deref(), location)),
                 _ => None,
             };
             let stored = ip
-                .map(|ip| geoip::drop_octets(ip, tracking.drop_octets).to_string())
+                .map(|ip| state.client_address.store_form(ip).to_string())
                 .unwrap_or_default();
             (stored, context)
         })

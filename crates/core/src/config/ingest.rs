@@ -89,17 +89,22 @@ pub struct IngestConfig {
     /// Threads serving HTTP: 0 serves on the caller's runtime; 1 on a dedicated single-threaded
     /// runtime (fewest cross-thread wake-ups); more on a dedicated multi-threaded one.
     pub workers: usize,
+    /// Proxies (addresses or CIDR blocks, e.g. `"10.0.0.0/8"`, `"::1"`) whose
+    /// `Forwarded` / `X-Forwarded-For` headers are believed. The client's address is the
+    /// connection's peer unless the peer is one of these; then it is the right-most address
+    /// in the header that is not one of these. Empty (the default): headers are ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Store the client's address with its host part zeroed (IPv4 /24, IPv6 /48).
+    pub anonymize_ip: bool,
     // The Segment-compatible door, browsers and enrichment (see `SegmentConfig` below).
     /// `[ingest.segment]`: limits of the Segment tracking API.
     pub segment: SegmentConfig,
     /// `[ingest.cors]`: which web pages may send events.
     pub cors: CorsConfig,
     /// A MaxMind-format `.mmdb` (GeoLite2 / DB-IP City or Country): when set, Segment calls get
-    /// `context.location` (country, region, city) looked up from their IP.
+    /// `context.location` (country, region, city) looked up from their IP
+    /// (before `anonymize_ip` zeroes its host part).
     pub geoip_db: Option<std::path::PathBuf>,
-    /// After the GeoIP lookup, how many trailing octets of an IPv4 address are zeroed before it
-    /// is stored (0–3); with 1 or more an IPv6 address keeps only its first 48 bits.
-    pub ip_drop_octets: u8,
 }
 
 impl Default for IngestConfig {
@@ -123,10 +128,11 @@ impl Default for IngestConfig {
             retry_after_secs: 1,
             producer: BTreeMap::new(),
             workers: 1,
+            trusted_proxies: Vec::new(),
+            anonymize_ip: false,
             segment: SegmentConfig::default(),
             cors: CorsConfig::default(),
             geoip_db: None,
-            ip_drop_octets: 0,
         }
     }
 }
@@ -156,6 +162,14 @@ impl IngestConfig {
                 return Err(value_error(
                     &format!("ingest.api_keys[{i}].rate_per_sec"),
                     "rate_per_sec and burst must be positive",
+                ));
+            }
+        }
+        for (i, proxy) in self.trusted_proxies.iter().enumerate() {
+            if parse_cidr(proxy).is_none() {
+                return Err(value_error(
+                    &format!("ingest.trusted_proxies[{i}]"),
+                    "must be an IP address or a CIDR block such as 10.0.0.0/8 or fd00::/8",
                 ));
             }
         }
@@ -204,6 +218,22 @@ impl IngestConfig {
         }
         Ok(())
     }
+}
+
+/// Reads `"10.0.0.0/8"`, `"fd00::/8"` or a bare address (a block of one): the address and
+/// the prefix length; `None` when malformed.
+pub fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, prefix) = match text.trim().split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (text.trim(), None),
+    };
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max)?,
+        None => max,
+    };
+    Some((addr, prefix))
 }
 
 // ---- The Segment-compatible door, browsers and enrichment ----
@@ -288,12 +318,6 @@ impl IngestConfig {
                     &format!("names no key of ingest.api_keys (no id {id:?})"),
                 ));
             }
-        }
-        if self.ip_drop_octets > 3 {
-            return Err(value_error(
-                "ingest.ip_drop_octets",
-                "must be between 0 and 3",
-            ));
         }
         if let Some(path) = &self.geoip_db
             && !path.is_file()

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use ingest::{ApiKey, AuthMode, CorsConfig, IngestConfig, SegmentConfig};
+pub use ingest::{ApiKey, AuthMode, CorsConfig, IngestConfig, SegmentConfig, parse_cidr};
 pub use load::LoadConfig;
 pub use sink::{SinkConfig, WritePath};
 
@@ -122,6 +122,15 @@ pub struct ClickHouseConfig {
     /// Per-request timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Retention: rows whose event time is older than this are deleted by ClickHouse's merges
+    /// (a table `TTL`; e.g. `"90days"`). Unset (the default) keeps rows forever. Needs
+    /// ClickHouse 19.6 or later; `ess migrate` refuses it on older servers.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
 }
 
 impl Default for ClickHouseConfig {
@@ -140,6 +149,7 @@ impl Default for ClickHouseConfig {
             cluster: "ess".into(),
             table: "events".into(),
             timeout: Duration::from_secs(30),
+            ttl: None,
         }
     }
 }
@@ -330,6 +340,12 @@ impl Config {
             return bad(
                 "clickhouse.table",
                 "must be a plain identifier [A-Za-z0-9_]",
+            );
+        }
+        if self.clickhouse.ttl.is_some_and(|t| t.as_secs() == 0) {
+            return bad(
+                "clickhouse.ttl",
+                "must be at least one second (or unset for no TTL)",
             );
         }
         if !self.clickhouse.cluster.is_empty() && !is_identifier(&self.clickhouse.cluster) {

@@ -183,3 +183,86 @@ print(s.query(
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Runs `ess migrate --print` for a current server with `sets`, returns the DDL text.
+fn modern_ddl(sets: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ess"));
+    cmd.args(["migrate", "--print", "--server-version", "26.9"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_ttl_removes_rows_older_than_it_at_the_final_merge_and_keeps_newer_ones() {
+    let dir = std::env::temp_dir().join(ess_testkit::unique("chdb_ttl"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The table is made without a TTL and filled; then the TTL `ess migrate` writes for
+    // `clickhouse.ttl = "30days"` is put on it (as migrate does for an existing table) and
+    // the final merge applies it.
+    let ddl_path = dir.join("ddl.sql");
+    std::fs::write(
+        &ddl_path,
+        modern_ddl(&["clickhouse.cluster=", "clickhouse.database=ttl"]),
+    )
+    .unwrap();
+    let with_ttl = modern_ddl(&[
+        "clickhouse.cluster=",
+        "clickhouse.database=ttl",
+        "clickhouse.ttl=\"30days\"",
+    ]);
+    let ttl = with_ttl
+        .split(" TTL ")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .expect("a TTL clause")
+        .to_owned();
+    let script = r#"
+import sys
+from chdb import session
+s = session.Session(sys.argv[1])
+for stmt in open(sys.argv[2]).read().split(";\n"):
+    if stmt.strip():
+        s.query(stmt)
+for kind, days in (("old", 45), ("recent", 2), ("today", 0)):
+    s.query(
+        "INSERT INTO ttl.events (id, type, source, event_time, ingest_time, store_time, "
+        "properties, context, kafka_partition, kafka_offset) SELECT generateUUIDv4(), "
+        f"'{kind}', 's', now64(3) - INTERVAL {days} DAY, now64(3), now64(3), '{{}}', '{{}}', 0, 0")
+print("before:" + ",".join(str(s.query("SELECT type FROM ttl.events ORDER BY type", "CSV")).split()))
+s.query("ALTER TABLE ttl.events MODIFY TTL " + sys.argv[3])
+s.query("OPTIMIZE TABLE ttl.events FINAL")
+print("left:" + ",".join(str(s.query("SELECT type FROM ttl.events ORDER BY type", "CSV")).split()))
+"#;
+    let out = Command::new(repo_root().join("scripts/chdb-python"))
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("session"))
+        .arg(&ddl_path)
+        .arg(&ttl)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chDB failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains(r#"before:"old","recent","today""#),
+        "{stdout}"
+    );
+    let left = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("left:"))
+        .expect("the script's answer");
+    assert_eq!(left, r#""recent","today""#, "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -7,4 +7,5 @@ mod bad_input;
 mod broker;
 mod delivery;
 mod harness;
+mod identity;
 mod segment;
