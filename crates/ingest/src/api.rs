@@ -108,6 +108,14 @@ pub enum ApiError {
         /// Per-event results, for batch requests.
         results: Option<Vec<EventResult>>,
     },
+    /// The request is not allowed from where it came (a page's origin, a browser key).
+    #[error("{message}")]
+    Forbidden {
+        /// `origin_not_allowed`, `key_not_public` or `public_key`.
+        code: &'static str,
+        /// Human text.
+        message: String,
+    },
     /// An event names a `source` other than the API key's id (auth on).
     #[error("`source` must be the API key's id or absent: a key writes only its own events")]
     SourceNotAllowed {
@@ -143,6 +151,7 @@ impl ApiError {
             | Self::ShuttingDown { .. }
             | Self::Unavailable { .. }
             | Self::Body(BodyError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -165,7 +174,7 @@ impl ApiError {
             Self::ReadTimeout => "request_timeout",
             Self::NotReady { .. } => "not_ready",
             Self::QueueFull { .. } => "queue_full",
-            Self::Unavailable { code, .. } => code,
+            Self::Unavailable { code, .. } | Self::Forbidden { code, .. } => code,
             Self::SourceNotAllowed { .. } => "source_not_allowed",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -191,6 +200,9 @@ impl ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'static str,
+    /// The code again under the key Segment's SDKs read (Segment routes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<usize>,
@@ -204,6 +216,18 @@ struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.respond(false)
+    }
+}
+
+impl ApiError {
+    /// The response on the Segment routes: the same body plus `code`, which Segment's SDKs
+    /// read (analytics-python retries a 4xx whose body lacks it).
+    pub fn into_segment_response(self) -> Response {
+        self.respond(true)
+    }
+
+    fn respond(self, segment: bool) -> Response {
         let status = self.status();
         let (index, field) = match &self {
             Self::Event(r) => (r.index, r.error.field()),
@@ -216,6 +240,7 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorBody {
             error: self.code(),
+            code: segment.then(|| self.code()),
             message: self.to_string(),
             index,
             field,

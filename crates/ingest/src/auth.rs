@@ -25,6 +25,7 @@ struct Entry {
     digest: [u8; 32],
     id: String,
     bucket: Bucket,
+    public: bool,
 }
 
 /// A key that passed the check.
@@ -60,6 +61,7 @@ impl Keys {
                     digest: Sha256::digest(k.key.as_bytes()).into(),
                     id: k.id.clone(),
                     bucket: Bucket::new(k.rate_per_sec, k.burst),
+                    public: false,
                 })
                 .collect(),
         }
@@ -67,13 +69,33 @@ impl Keys {
 
     /// Checks the request's key.
     pub fn check(&self, headers: &HeaderMap) -> Result<Caller<'_>, AuthError> {
+        self.check_presented(presented_key(headers))
+    }
+
+    /// Marks the keys with these ids as browser keys (`ingest.cors.public_keys`).
+    pub fn mark_public(&mut self, ids: &[String]) {
+        for entry in &mut self.keys {
+            entry.public = ids.contains(&entry.id);
+        }
+    }
+
+    /// Whether the caller's key is a browser key.
+    pub fn is_public(&self, caller: &Caller<'_>) -> bool {
+        caller
+            .index
+            .and_then(|i| self.keys.get(i))
+            .is_some_and(|e| e.public)
+    }
+
+    /// Checks a key however it was presented (header, HTTP Basic user, request body).
+    pub fn check_presented(&self, presented: Option<&[u8]>) -> Result<Caller<'_>, AuthError> {
         if self.mode == AuthMode::Off {
             return Ok(Caller {
                 id: None,
                 index: None,
             });
         }
-        let presented = presented_key(headers).ok_or(AuthError::Missing)?;
+        let presented = presented.ok_or(AuthError::Missing)?;
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let mut found = None;
         for (i, entry) in self.keys.iter().enumerate() {
@@ -113,7 +135,8 @@ impl Keys {
     }
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+/// The key of a `Bearer` or `X-API-Key` header.
+pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(value) = headers.get("x-api-key") {
         let key = value.as_bytes().trim_ascii();
         return (!key.is_empty()).then_some(key);
@@ -125,6 +148,25 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     }
     let key = rest.trim_ascii();
     (!key.is_empty()).then_some(key)
+}
+
+/// The user of `Authorization: Basic base64(user:password)` (a Segment write key; the password
+/// is ignored), when that is how the request authenticates.
+pub fn basic_user(headers: &HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim_ascii())
+        .ok()?;
+    let user = match decoded.iter().position(|b| *b == b':') {
+        Some(colon) => decoded[..colon].to_vec(),
+        None => decoded,
+    };
+    (!user.is_empty()).then_some(user)
 }
 
 /// A token bucket: `rate` tokens per second up to `burst`.

@@ -97,7 +97,8 @@ impl ClientAddress {
             .any(|&(net, prefix)| in_block(ip, net, prefix))
     }
 
-    fn store_form(&self, ip: IpAddr) -> IpAddr {
+    /// `ip` as stored: with `ingest.anonymize_ip`, its host part zeroed.
+    pub fn store_form(&self, ip: IpAddr) -> IpAddr {
         if !self.anonymize {
             return ip;
         }

@@ -117,6 +117,25 @@ pub enum EventError {
     /// A batch with too many events.
     #[error("the batch holds more than {0} events")]
     BatchTooLarge(usize),
+    /// One event (a Segment call) is larger than allowed.
+    #[error("the event is {size} bytes; the limit is {limit}")]
+    EventTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A batch body (Segment `batch`) is larger than allowed.
+    #[error("the batch is {size} bytes; the limit is {limit}")]
+    BatchBytesTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A Segment call with neither `userId` nor `anonymousId`.
+    #[error("missing field `userId` or `anonymousId`: every call needs one")]
+    NoUser,
 }
 
 impl EventError {
@@ -135,7 +154,9 @@ impl EventError {
             Self::PropertiesTooLarge { .. } => "properties_too_large",
             Self::ContextTooLarge { .. } => "context_too_large",
             Self::EmptyBatch => "empty_batch",
-            Self::BatchTooLarge(_) => "batch_too_large",
+            Self::BatchTooLarge(_) | Self::BatchBytesTooLarge { .. } => "batch_too_large",
+            Self::EventTooLarge { .. } => "event_too_large",
+            Self::NoUser => "missing_field",
         }
     }
 
@@ -145,6 +166,7 @@ impl EventError {
             Self::Missing(f) | Self::Invalid { field: f, .. } => Some(f),
             Self::Unknown(f) => Some(f),
             Self::TooDeep(_) | Self::PropertiesTooLarge { .. } => Some("properties"),
+            Self::NoUser => Some("userId"),
             Self::ContextTooLarge { .. } => Some("context"),
             _ => None,
         }
@@ -154,7 +176,11 @@ impl EventError {
     pub fn is_too_large(&self) -> bool {
         matches!(
             self,
-            Self::PropertiesTooLarge { .. } | Self::ContextTooLarge { .. } | Self::BatchTooLarge(_)
+            Self::PropertiesTooLarge { .. }
+                | Self::ContextTooLarge { .. }
+                | Self::BatchTooLarge(_)
+                | Self::EventTooLarge { .. }
+                | Self::BatchBytesTooLarge { .. }
         )
     }
 }

@@ -20,6 +20,11 @@
 //! - [`auth`]: API keys (constant-time) and their token buckets.
 //! - [`producer`]: the Kafka producer and the per-event verdicts.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`tracking`]: the Segment-compatible routes (`/v1/track`, `/v1/batch`, the browser SDK's
+//!   `/v1/t`, …): key from Basic auth or the body, CORS, enrichment, the Segment responses.
+//! - [`segment`]: reading Segment calls into events (the mapping in `docs/api.md`).
+//! - [`cors`]: allowed origins, preflights, the browser-key rule.
+//! - [`geoip`]: `context.location` from an `.mmdb`, dropping trailing IP octets.
 
 pub mod api;
 pub mod auth;
@@ -27,12 +32,16 @@ pub mod body;
 pub mod budget;
 pub mod conn;
 pub mod context;
+pub mod cors;
 pub mod event;
 pub mod intake;
+pub mod geoip;
 pub mod metrics;
 pub mod producer;
 pub mod router;
+pub mod segment;
 pub mod server;
+pub mod tracking;
 
 use std::future::Future;
 

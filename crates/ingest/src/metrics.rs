@@ -25,8 +25,8 @@ const TIMEOUTS: &str = "ess_ingest_connection_timeouts_total";
 const BUFFERED: &str = "ess_ingest_buffered_bytes";
 
 /// Statuses counted under their own label; any other is counted as `other`.
-const STATUSES: [u16; 13] = [
-    200, 202, 400, 401, 404, 405, 408, 413, 415, 429, 500, 503, 504,
+const STATUSES: [u16; 15] = [
+    200, 202, 204, 400, 401, 403, 404, 405, 408, 413, 415, 429, 500, 503, 504,
 ];
 
 /// Produce latency buckets, in seconds.

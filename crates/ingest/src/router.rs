@@ -34,16 +34,18 @@ use crate::producer::{EnqueueError, Outcome, Producer};
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    config: IngestConfig,
-    limits: Limits,
-    keys: Keys,
-    intake: Intake,
-    client_address: ClientAddress,
+    pub(crate) config: IngestConfig,
+    pub(crate) limits: Limits,
+    pub(crate) keys: Keys,
+    pub(crate) intake: Intake,
+    pub(crate) client_address: ClientAddress,
     producer: Producer,
-    metrics: Metrics,
-    ready: AtomicBool,
+    pub(crate) metrics: Metrics,
+    pub(crate) ready: AtomicBool,
     draining: AtomicBool,
     empty_properties: Box<RawValue>,
+    /// The Segment routes' state (CORS, GeoIP, limits).
+    pub(crate) tracking: crate::tracking::Tracking,
 }
 
 impl AppState {
@@ -60,7 +62,11 @@ impl AppState {
                 max_depth: ingest.max_depth,
                 max_batch_events: ingest.max_batch_events,
             },
-            keys: Keys::new(ingest.auth, &ingest.api_keys),
+            keys: {
+                let mut keys = Keys::new(ingest.auth, &ingest.api_keys);
+                keys.mark_public(&ingest.cors.public_keys);
+                keys
+            },
             intake: Intake::new(ingest),
             client_address: ClientAddress::new(ingest),
             producer: Producer::new(config, stats).map_err(crate::Error::Producer)?,
@@ -69,6 +75,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             empty_properties: RawValue::from_string("{}".to_owned())
                 .map_err(|e| crate::Error::Internal(e.to_string()))?,
+            tracking: crate::tracking::Tracking::new(ingest).map_err(crate::Error::Internal)?,
         })
     }
 
@@ -99,7 +106,7 @@ impl AppState {
         &self.intake
     }
 
-    fn respond(&self, response: Response) -> Response {
+    pub(crate) fn respond(&self, response: Response) -> Response {
         self.metrics.request(response.status().as_u16());
         response
     }
@@ -113,6 +120,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::tracking::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -218,34 +226,56 @@ async fn produce(
     context: &RequestContext,
     batch: bool,
 ) -> Result<Accepted, ApiError> {
+    produce_each(
+        state,
+        events.len(),
+        batch,
+        |i| events[i].id.unwrap_or_else(Uuid::now_v7),
+        |i, id, ingest_time, payload| {
+            let event = &events[i];
+            let wire = WireEvent {
+                id,
+                kind: Cow::Borrowed(&event.kind),
+                source: Cow::Borrowed(event.source.as_deref().unwrap_or(default_source)),
+                timestamp: event.timestamp.unwrap_or(ingest_time),
+                ingest_time,
+                properties: event.properties.unwrap_or(&state.empty_properties),
+                user_id: Cow::Borrowed(event.user_id.as_deref().unwrap_or("")),
+                anonymous_id: Cow::Borrowed(event.anonymous_id.as_deref().unwrap_or("")),
+                context: event.context.unwrap_or(&state.empty_properties),
+                ip: Cow::Borrowed(&context.ip),
+                user_agent: Cow::Borrowed(&context.user_agent),
+            };
+            serde_json::to_writer(payload, &wire)
+        },
+    )
+    .await
+}
+
+/// Hands `count` events to the producer, then waits for the broker's verdict on each: `id(i)`
+/// gives event `i`'s id, `write(i, id, ingest_time, buffer)` its Kafka message value.
+pub(crate) async fn produce_each(
+    state: &AppState,
+    count: usize,
+    batch: bool,
+    mut id: impl FnMut(usize) -> Uuid,
+    mut write: impl FnMut(usize, Uuid, Millis, &mut Vec<u8>) -> serde_json::Result<()>,
+) -> Result<Accepted, ApiError> {
     let ingest_time = Millis::now();
-    let mut ids = Vec::with_capacity(events.len());
-    let mut deliveries = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(count);
+    let mut deliveries = Vec::with_capacity(count);
     let mut refused = None;
     let mut payload = Vec::with_capacity(256);
     let mut key = Uuid::encode_buffer();
     let started = Instant::now();
-    for event in events {
-        let id = event.id.unwrap_or_else(Uuid::now_v7);
+    for i in 0..count {
+        let id = id(i);
         ids.push(id);
         if refused.is_some() {
             continue;
         }
-        let wire = WireEvent {
-            id,
-            kind: Cow::Borrowed(&event.kind),
-            source: Cow::Borrowed(event.source.as_deref().unwrap_or(default_source)),
-            timestamp: event.timestamp.unwrap_or(ingest_time),
-            ingest_time,
-            properties: event.properties.unwrap_or(&state.empty_properties),
-            user_id: Cow::Borrowed(event.user_id.as_deref().unwrap_or("")),
-            anonymous_id: Cow::Borrowed(event.anonymous_id.as_deref().unwrap_or("")),
-            context: event.context.unwrap_or(&state.empty_properties),
-            ip: Cow::Borrowed(&context.ip),
-            user_agent: Cow::Borrowed(&context.user_agent),
-        };
         payload.clear();
-        if serde_json::to_writer(&mut payload, &wire).is_err() {
+        if write(i, id, ingest_time, &mut payload).is_err() {
             refused = Some(EnqueueError::Refused(rdkafka::error::KafkaError::Canceled));
             continue;
         }

@@ -118,6 +118,15 @@ pub struct IngestConfig {
     pub trusted_proxies: Vec<String>,
     /// Store the client's address with its host part zeroed (IPv4 /24, IPv6 /48).
     pub anonymize_ip: bool,
+    // The Segment-compatible door, browsers and enrichment (see `SegmentConfig` below).
+    /// `[ingest.segment]`: limits of the Segment tracking API.
+    pub segment: SegmentConfig,
+    /// `[ingest.cors]`: which web pages may send events.
+    pub cors: CorsConfig,
+    /// A MaxMind-format `.mmdb` (GeoLite2 / DB-IP City or Country): when set, Segment calls get
+    /// `context.location` (country, region, city) looked up from their IP
+    /// (before `anonymize_ip` zeroes its host part).
+    pub geoip_db: Option<std::path::PathBuf>,
 }
 
 impl Default for IngestConfig {
@@ -147,6 +156,9 @@ impl Default for IngestConfig {
             workers: 1,
             trusted_proxies: Vec::new(),
             anonymize_ip: false,
+            segment: SegmentConfig::default(),
+            cors: CorsConfig::default(),
+            geoip_db: None,
         }
     }
 }
@@ -224,6 +236,7 @@ impl IngestConfig {
             return Err(value_error("ingest.max_batch_events", "must be at least 1"));
         }
         self.validate_connections()?;
+        self.validate_front()?;
         if !["lz4", "zstd", "snappy", "gzip", "none"].contains(&self.compression.as_str()) {
             return Err(value_error(
                 "ingest.compression",
@@ -326,4 +339,99 @@ pub fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
         None => max,
     };
     Some((addr, prefix))
+}
+
+// ---- The Segment-compatible door, browsers and enrichment ----
+
+/// `[ingest.segment]`: the Segment tracking API's limits (Segment's own by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Largest call, in bytes of JSON (Segment: 32 KB).
+    pub max_event_bytes: usize,
+    /// Largest batch request, in bytes of JSON (Segment: 500 KB).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+        }
+    }
+}
+
+/// `[ingest.cors]`: web pages allowed to send events to the Segment tracking routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://shop.example.com`, scheme + host + port) whose pages may send
+    /// events; empty refuses every page. A request with an `Origin` from elsewhere gets 403.
+    pub allowed_origins: Vec<String>,
+    /// Ids of browser keys (from `ingest.api_keys`), the ones published in web pages: accepted
+    /// only from a page of an allowed origin, only on the Segment tracking routes. Every other
+    /// key is refused from a page, so a server key pasted into a page stops working.
+    pub public_keys: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            public_keys: Vec::new(),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+impl IngestConfig {
+    fn validate_front(&self) -> Result<(), ConfigError> {
+        if self.segment.max_event_bytes < 2 || self.segment.max_event_bytes > 900_000 {
+            return Err(value_error(
+                "ingest.segment.max_event_bytes",
+                "must be between 2 and 900000 (one event must fit in a Kafka message)",
+            ));
+        }
+        if self.segment.max_batch_bytes < self.segment.max_event_bytes {
+            return Err(value_error(
+                "ingest.segment.max_batch_bytes",
+                "must be at least ingest.segment.max_event_bytes",
+            ));
+        }
+        for (i, origin) in self.cors.allowed_origins.iter().enumerate() {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return Err(value_error(
+                    &format!("ingest.cors.allowed_origins[{i}]"),
+                    "must be an origin like https://shop.example.com (scheme, host, optional port; no path)",
+                ));
+            }
+        }
+        for (i, id) in self.cors.public_keys.iter().enumerate() {
+            if !self.api_keys.iter().any(|k| &k.id == id) {
+                return Err(value_error(
+                    &format!("ingest.cors.public_keys[{i}]"),
+                    &format!("names no key of ingest.api_keys (no id {id:?})"),
+                ));
+            }
+        }
+        if let Some(path) = &self.geoip_db
+            && !path.is_file()
+        {
+            return Err(value_error(
+                "ingest.geoip_db",
+                &format!("{} is not a readable file", path.display()),
+            ));
+        }
+        Ok(())
+    }
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use ingest::{ApiKey, AuthMode, BYTES_PER_EVENT, IngestConfig, parse_cidr};
+pub use ingest::{
+    ApiKey, AuthMode, BYTES_PER_EVENT, CorsConfig, IngestConfig, SegmentConfig, parse_cidr,
+};
 pub use load::LoadConfig;
 pub use sink::{SinkConfig, WritePath};
 

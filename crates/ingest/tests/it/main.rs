@@ -9,3 +9,4 @@ mod connections;
 mod delivery;
 mod harness;
 mod identity;
+mod segment;
