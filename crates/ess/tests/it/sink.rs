@@ -46,7 +46,7 @@ async fn count(eph: &Ephemeral) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-async fn produce(producer: &FutureProducer, topic: &str, n: u64) {
+pub(crate) async fn produce(producer: &FutureProducer, topic: &str, n: u64) {
     let mut pending = Vec::new();
     for i in 0..n {
         let id = uuid::Uuid::now_v7();
