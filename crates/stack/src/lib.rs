@@ -189,7 +189,7 @@ impl Stack {
     /// The broker build recorded by the last `up`, if any: `ess stack start broker` restarts
     /// the build that stored the data, whatever the configuration says now.
     pub fn recorded_broker(&self) -> Option<BrokerBuild> {
-        let text = std::fs::read_to_string(self.state_dir.join("broker")).ok()?;
+        let text = std::fs::read_to_string(self.state_dir.join(BROKER_BUILD_FILE)).ok()?;
         [BrokerBuild::Wheel, BrokerBuild::Durable]
             .into_iter()
             .find(|b| broker_name(*b) == text.trim())
@@ -295,7 +295,7 @@ impl Stack {
             .and_then(|s| PidFile::read(&s.pid_path()))
             .is_some_and(|p| p.is_alive());
         if !broker_running {
-            let path = self.state_dir.join("broker");
+            let path = self.state_dir.join(BROKER_BUILD_FILE);
             std::fs::write(&path, broker_name(self.config.broker))
                 .map_err(|e| install::io_error(&path, e))?;
         }
@@ -554,6 +554,10 @@ impl Stack {
         }
     }
 }
+
+/// Where `up` records the broker build it started (beside `profile`; `broker/` is the
+/// broker's own directory).
+const BROKER_BUILD_FILE: &str = "broker-build";
 
 fn broker_name(build: BrokerBuild) -> &'static str {
     match build {
