@@ -73,6 +73,13 @@ enum StackAction {
         #[arg(long, value_enum)]
         broker: Option<BrokerArg>,
     },
+    /// Install what `up` needs (Debian packages, the broker) without starting anything;
+    /// what is installed already is left as it is.
+    Install {
+        /// Broker build to install.
+        #[arg(long, value_enum)]
+        broker: Option<BrokerArg>,
+    },
     /// Show what runs where.
     Status {
         /// Machine-readable output.
@@ -325,6 +332,15 @@ enum BrokerArg {
     Durable,
 }
 
+impl BrokerArg {
+    fn build(self) -> BrokerBuild {
+        match self {
+            Self::Wheel => BrokerBuild::Wheel,
+            Self::Durable => BrokerBuild::Durable,
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(cli.config.as_deref(), &cli.set)?;
@@ -459,10 +475,7 @@ async fn stack(config: &mut Config, action: StackAction) -> anyhow::Result<ExitC
     match action {
         StackAction::Up { profile, broker } => {
             if let Some(broker) = broker {
-                config.stack.broker = match broker {
-                    BrokerArg::Wheel => BrokerBuild::Wheel,
-                    BrokerArg::Durable => BrokerBuild::Durable,
-                };
+                config.stack.broker = broker.build();
                 stack = Stack::new(&config.stack).with_profile(stack.config().profile);
             }
             if let Some(profile) = profile {
@@ -479,6 +492,22 @@ async fn stack(config: &mut Config, action: StackAction) -> anyhow::Result<ExitC
                      --set 'clickhouse.nodes=[]'"
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        StackAction::Install { broker } => {
+            if let Some(broker) = broker {
+                config.stack.broker = broker.build();
+                stack = Stack::new(&config.stack).with_profile(stack.config().profile);
+            }
+            stack.install().await.context("ess stack install")?;
+            println!(
+                "installed: {} and the broker ({})",
+                match stack.config().profile {
+                    Profile::Cluster => "ClickHouse, ZooKeeper",
+                    Profile::Single => "ClickHouse",
+                },
+                stack.config().cache_dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         StackAction::Status { json } => {

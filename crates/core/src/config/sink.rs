@@ -51,7 +51,8 @@ pub struct SinkConfig {
     /// `fetch_wait_max_ms`). Few large fetches instead of many small ones under load.
     pub fetch_min_bytes: u32,
     /// Consumer `fetch.wait.max.ms`: how long the broker may hold a fetch for
-    /// `fetch_min_bytes` of new data.
+    /// `fetch_min_bytes` of new data (500, Kafka's own default: half the fetches of 200 ms, and
+    /// on the local broker a third less CPU per event; new events wait up to that long).
     pub fetch_wait_max_ms: u32,
     /// First retry delay after a failed insert; doubles up to `retry_max_backoff`, with jitter.
     #[serde(with = "humantime_serde")]
@@ -100,7 +101,7 @@ impl Default for SinkConfig {
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 1_000,
             fetch_min_bytes: 1 << 20,
-            fetch_wait_max_ms: 200,
+            fetch_wait_max_ms: 500,
             retry_initial_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(10),
             revoke_timeout: Duration::from_secs(20),

@@ -1,14 +1,19 @@
 //! The broker: a message produced with rdkafka comes back through a consumer group, and the
-//! group's committed offset survives the consumer.
+//! group's committed offset survives the consumer; the durable build keeps messages and
+//! committed offsets across a restart of the broker.
 
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+use ess_core::config::{BrokerBuild, Config, StackConfig};
+use ess_stack::Stack;
 use ess_testkit::Ephemeral;
+
+use crate::sink::produce;
 
 fn consumer(eph: &Ephemeral) -> StreamConsumer {
     ess_core::kafka::client_config(&eph.config.kafka)
@@ -75,4 +80,231 @@ async fn produced_message_is_consumed_in_a_group_with_committed_offsets() {
     drop(msg);
     drop(second);
     eph.cleanup().await;
+}
+
+/// The durable broker (`--broker durable`) keeps topics, messages and committed offsets when
+/// it is stopped and started again: a sink stores events, the broker restarts under it, more
+/// events come, and every event is stored exactly once, the topic's offsets going on where
+/// they stopped and the group resuming from what it had committed.
+///
+/// Needs the durable build (`ess stack install --broker durable`: 10–15 minutes once, cached
+/// after that); run with `cargo test --release -p ess --test it -- --ignored durable_broker`.
+#[tokio::test]
+#[ignore = "builds the durable broker when missing (10-15 minutes); run with --ignored"]
+async fn durable_broker_keeps_messages_and_committed_offsets_across_a_restart() {
+    const PARTITIONS: i32 = 2;
+    const FIRST: u64 = 1_000;
+    let private = PrivateBroker::start(BrokerBuild::Durable).await;
+
+    let mut config = ess_testkit::stack_config();
+    let name = ess_testkit::unique("restart");
+    config.kafka.brokers = private.brokers();
+    config.kafka.topic = format!("{name}.events");
+    config.kafka.dlq_topic = format!("{name}.dlq");
+    config.kafka.partitions = PARTITIONS;
+    config.clickhouse.database = name.clone();
+    config.sink.group_id = format!("{name}.sink");
+    config.sink.session_timeout_ms = 6_000;
+    config.sink.heartbeat_interval_ms = 500;
+    config.sink.listen = String::new();
+    let migrated = ess_core::migrate::run(&config).await.expect("migrate");
+    // With merges stopped a duplicate stays a row of its own instead of being collapsed by
+    // ReplacingMergeTree before we count.
+    for url in config.clickhouse.all_nodes() {
+        let (client, _) = ess_core::clickhouse::connect(&config.clickhouse, &url)
+            .await
+            .expect("ClickHouse");
+        client
+            .query(&format!(
+                "SYSTEM STOP MERGES {}.{}",
+                config.clickhouse.database,
+                config.clickhouse.local_table()
+            ))
+            .execute()
+            .await
+            .expect("stop merges");
+    }
+
+    let (stop_sink, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sink = ess_sink::start(config.clone(), async move {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("sink starts");
+    produce(&producer(&config), &config.kafka.topic, FIRST).await;
+    assert_eq!(stored(&config, FIRST).await, (FIRST, FIRST, FIRST));
+    committed_reaches(&config, PARTITIONS, FIRST as i64).await;
+
+    assert!(private.stack.stop_service("broker").await.expect("stop"));
+    private
+        .stack
+        .start_service("broker")
+        .await
+        .expect("broker starts again");
+    // What the broker kept: every message and the group's committed offsets.
+    let (kept, committed) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || {
+            (
+                high_watermarks(&config, PARTITIONS),
+                committed(&config, PARTITIONS),
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(kept, FIRST as i64, "messages kept across the restart");
+    assert_eq!(committed, FIRST as i64, "committed offsets kept");
+
+    produce(&producer(&config), &config.kafka.topic, FIRST).await;
+    // Nothing lost, nothing stored twice, and the new events got new offsets: a broker that
+    // forgot the topic would have numbered them from 0 again.
+    assert_eq!(
+        stored(&config, 2 * FIRST).await,
+        (2 * FIRST, 2 * FIRST, 2 * FIRST)
+    );
+    committed_reaches(&config, PARTITIONS, 2 * FIRST as i64).await;
+
+    let _ = stop_sink.send(());
+    sink.wait().await.expect("sink stops cleanly");
+    assert_eq!(
+        stored(&config, 2 * FIRST).await,
+        (2 * FIRST, 2 * FIRST, 2 * FIRST)
+    );
+    let (client, _) = ess_core::clickhouse::connect(&config.clickhouse, &config.clickhouse.url)
+        .await
+        .expect("ClickHouse");
+    let _ = client
+        .query(&migrated.schema.drop_database())
+        .execute()
+        .await;
+}
+
+/// A broker of the stack's, alone, on a free port and in a directory of its own; stopped and
+/// removed on drop (its log is kept when the test failed).
+struct PrivateBroker {
+    stack: Stack,
+}
+
+impl PrivateBroker {
+    async fn start(build: BrokerBuild) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = StackConfig {
+            state_dir: std::env::temp_dir().join(ess_testkit::unique("broker")),
+            broker: build,
+            broker_port: port,
+            ..StackConfig::default()
+        };
+        let stack = Stack::new(&config);
+        stack.install().await.expect("broker installed");
+        stack.start_service("broker").await.expect("broker starts");
+        Self { stack }
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.stack.config().broker_port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stack.down_blocking();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.stack.state_dir());
+        }
+    }
+}
+
+fn producer(config: &Config) -> FutureProducer {
+    ess_core::kafka::client_config(&config.kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// `count()`, `uniqExact(id)` and distinct (partition, offset) pairs of the stored rows once
+/// at least `n` rows are there (or whatever is there after 120 s).
+async fn stored(config: &Config, n: u64) -> (u64, u64, u64) {
+    let url = config.clickhouse.url.clone();
+    let query = format!(
+        "SELECT count(), uniqExact(id), uniqExact(kafka_partition, kafka_offset) FROM {}.{}",
+        config.clickhouse.database, config.clickhouse.table
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = match ess_core::clickhouse::connect(&config.clickhouse, &url).await {
+            Ok((client, _)) => client
+                .query(&query)
+                .fetch_one::<(u64, u64, u64)>()
+                .await
+                .unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
+        if counts.0 >= n || std::time::Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn committed_reaches(config: &Config, partitions: i32, n: i64) {
+    let config = config.clone();
+    ess_testkit::eventually(
+        Duration::from_secs(60),
+        &format!("the group commits offset {n}"),
+        move || {
+            let config = config.clone();
+            async move {
+                tokio::task::spawn_blocking(move || committed(&config, partitions))
+                    .await
+                    .ok()
+                    .filter(|c| *c == n)
+            }
+        },
+    )
+    .await;
+}
+
+/// The group's committed offsets, summed over the partitions.
+fn committed(config: &Config, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ess_core::kafka::client_config(&config.kafka)
+        .set("group.id", &config.sink.group_id)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&config.kafka.topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map(|c| {
+            c.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(-1)
+}
+
+/// The topic's high watermarks (messages it holds), summed over the partitions.
+fn high_watermarks(config: &Config, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ess_core::kafka::client_config(&config.kafka)
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&config.kafka.topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+                .unwrap_or(-1)
+        })
+        .sum()
 }
