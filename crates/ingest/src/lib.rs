@@ -24,7 +24,7 @@
 //!   `/v1/t`, …): key from Basic auth or the body, CORS, enrichment, the Segment responses.
 //! - [`segment`]: reading Segment calls into events (the mapping in `docs/api.md`).
 //! - [`cors`]: allowed origins, preflights, the browser-key rule.
-//! - [`geoip`]: `context.location` from an `.mmdb`, dropping trailing IP octets.
+//! - [`geoip`]: `context.location` from an `.mmdb`.
 
 pub mod api;
 pub mod auth;

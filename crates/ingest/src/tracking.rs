@@ -214,11 +214,7 @@ async fn ingest(
                     .or(m.context.as_deref())
                     .unwrap_or_else(ess_core::event::empty_object),
                 ip: Cow::Borrowed(ip.as_str()),
-                user_agent: Cow::Borrowed(
-                    m.context_user_agent
-                        .as_deref()
-                        .unwrap_or(&header_agent),
-                ),
+                user_agent: Cow::Borrowed(m.context_user_agent.as_deref().unwrap_or(&header_agent)),
             };
             serde_json::to_writer(payload, &wire)
         },

@@ -593,3 +593,90 @@ async fn bad_segment_calls_get_json_errors_and_nothing_is_written() {
     server.stop().await;
     eph.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn geoip_fills_location_for_the_client_behind_a_trusted_proxy_only() {
+    let dir = tempfile_dir();
+    let db = dir.join("test-city.mmdb");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(sdk_dir().join("venv/bin/python"))
+        .arg(root.join("tests/sdk/make_mmdb.py"))
+        .arg(&db)
+        .status()
+        .expect("make_mmdb.py");
+    assert!(status.success(), "make_mmdb.py failed");
+    let pipeline = Pipeline::start(|c| {
+        c.ingest.geoip_db = Some(db.clone());
+        c.ingest.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    // The same topic behind a server that trusts no proxy, and one that anonymizes.
+    let mut untrusting = pipeline.config.clone();
+    untrusting.ingest.trusted_proxies = Vec::new();
+    let (other, other_client) = Server::ready(untrusting).await;
+    let mut anonymizing = pipeline.config.clone();
+    anonymizing.ingest.anonymize_ip = true;
+    let (third, third_client) = Server::ready(anonymizing).await;
+
+    let send = |client: Client, anonymous_id: &'static str, xff: &'static str| async move {
+        let reply = client
+            .send(
+                "POST",
+                "/v1/track",
+                &[
+                    ("authorization", &basic(KEY)),
+                    ("content-type", "application/json"),
+                    ("x-forwarded-for", xff),
+                ],
+                format!(
+                    r#"{{"event":"geo","anonymousId":"{anonymous_id}","context":{{"app":"x"}}}}"#
+                )
+                .into(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    };
+    send(pipeline.client.clone(), "trusted", "203.0.113.9").await;
+    send(other_client, "untrusted", "203.0.113.9").await;
+    send(third_client, "anonymized", "198.51.100.77").await;
+    let rows = pipeline.rows(3).await;
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r.anonymous_id == id)
+            .unwrap_or_else(|| panic!("row {id}"))
+    };
+    let trusted = row("trusted");
+    assert_eq!(trusted.ip, "203.0.113.9");
+    let context = json(&trusted.context);
+    assert_eq!(context["app"], "x", "the client's context is kept");
+    assert_eq!(context["location"]["country"], "Germany");
+    assert_eq!(context["location"]["city"], "Berlin");
+    assert_eq!(context["location"]["region"], "Land Berlin");
+    assert_eq!(context["location"]["latitude"], 52.52);
+    let untrusted = row("untrusted");
+    assert_eq!(
+        untrusted.ip, "127.0.0.1",
+        "X-Forwarded-For from an untrusted peer is ignored"
+    );
+    assert_eq!(json(&untrusted.context), serde_json::json!({"app": "x"}));
+    let anonymized = row("anonymized");
+    assert_eq!(
+        anonymized.ip, "198.51.100.0",
+        "stored without its host part"
+    );
+    assert_eq!(
+        json(&anonymized.context)["location"]["city"],
+        "Paris",
+        "looked up before"
+    );
+    other.stop().await;
+    third.stop().await;
+    pipeline.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ess-geoip-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
