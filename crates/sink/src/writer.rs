@@ -96,7 +96,10 @@ pub struct Writer {
     sharding: Option<Sharding>,
     /// Most months (table partitions) one insert may touch.
     max_months: usize,
-    next_node: AtomicU64,
+    /// Per shard, where the rotation over its replicas stands (one counter for all shards
+    /// would hand each shard the same replica every time when batches have as many parts as
+    /// shards have replicas).
+    next_node: Vec<AtomicU64>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -111,6 +114,7 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// A writer.
     pub fn new(parts: WriterParts) -> Self {
+        let shards = parts.sharding.as_ref().map_or(1, Sharding::shards);
         Self {
             target: parts.target,
             producer: parts.producer,
@@ -122,13 +126,19 @@ impl Writer {
             lease: parts.lease,
             sharding: parts.sharding,
             max_months: parts.max_months,
-            next_node: AtomicU64::new(0),
+            next_node: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// How the poll loop must split rows by shard as it encodes them (direct writes only).
     pub fn sharding(&self) -> Option<Sharding> {
         self.sharding.clone()
+    }
+
+    fn rotate(&self, shard: usize) -> u64 {
+        self.next_node
+            .get(shard)
+            .map_or(0, |n| n.fetch_add(1, Ordering::Relaxed))
     }
 
     fn current(&self, batch: &Batch) -> bool {
@@ -263,10 +273,7 @@ impl Writer {
                     return false;
                 }
                 let started = Instant::now();
-                let node = self
-                    .target
-                    .nodes
-                    .pick(shard, self.next_node.fetch_add(1, Ordering::Relaxed));
+                let node = self.target.nodes.pick(shard, self.rotate(shard));
                 let error = match self
                     .insert_once(batch, &node, &query_id, data.clone())
                     .await

@@ -3,7 +3,7 @@
 //! node the fence cannot ask, quorum writes with a replica away.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ess_core::config::{Config, Profile, StackConfig};
 use ess_stack::Stack;
@@ -182,6 +182,12 @@ async fn a_frozen_replica_does_not_stop_its_shard_and_loses_nothing() {
     let load = steady_load(&config, 500, stop.clone());
     wait_for_rows(&config, 2_000, Duration::from_secs(60)).await;
 
+    // The rate before the freeze (printed for BENCHMARKS.md, not asserted).
+    let stored = || async { rows_on(&config, 1).await + rows_on(&config, 4).await };
+    let before = stored().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rate_before = (stored().await - before) as f64 / 5.0;
+
     // Replica 3 of shard 2 frozen: it accepts connections and answers nothing.
     let pid = pid_of(&stack, "clickhouse-3");
     signal_pid(pid, "STOP");
@@ -191,6 +197,11 @@ async fn a_frozen_replica_does_not_stop_its_shard_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (shard1_later, shard2_later) = (rows_on(&config, 1).await, rows_on(&config, 4).await);
     signal_pid(pid, "CONT");
+    let rate_frozen = (shard1_later + shard2_later - shard1 - shard2) as f64 / 10.0;
+    eprintln!(
+        "stored rows/s: {rate_before:.0} before the freeze, {rate_frozen:.0} during it \
+         (from its 5th to its 15th second)"
+    );
     assert!(
         shard2_later > shard2 + 1_000,
         "shard 2 kept storing through its live replica while the other was frozen: \
@@ -282,13 +293,23 @@ async fn the_fence_waits_for_a_node_it_cannot_ask_and_for_its_running_insert() {
     let pid = pid_of(&stack, "clickhouse-2");
     signal_pid(pid, "STOP");
     let thaw = Thaw(pid);
-    let started = Instant::now();
     let sink = InProcess::start(&config).await;
     ess_testkit::eventually(Duration::from_secs(60), "an assignment", || async {
         (sink.health().assignments.load(Ordering::Relaxed) > 0).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    // The fence runs now and cannot ask node 2; the sink is not ready while it waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        http_get(sink.addr(), "/readyz").await.0,
+        503,
+        "not ready while fencing"
+    );
+    assert_eq!(
+        http_get(sink.addr(), "/healthz").await.0,
+        200,
+        "alive while fencing"
+    );
     signal_pid(pid, "CONT");
     drop(thaw);
 
@@ -312,10 +333,14 @@ async fn the_fence_waits_for_a_node_it_cannot_ask_and_for_its_running_insert() {
 
 #[tokio::test]
 async fn with_insert_quorum_nothing_is_acknowledged_while_a_replica_is_away() {
-    let (stack, off, _down) = private_stack(24500, "sink-quorum-off", 2).await;
+    let (stack, mut off, _down) = private_stack(24500, "sink-quorum-off", 2).await;
     // Both databases exist before the replica goes (ON CLUSTER DDL waits for every host).
     let mut on = private_config(24500, "sink-quorum-on", 2).await;
     on.sink.insert_quorum = 2;
+    // The stopped replica cannot tell the fence what it runs: each assignment waits this
+    // long for it, then goes on without it.
+    off.sink.reconcile_wait = Duration::from_secs(5);
+    on.sink.reconcile_wait = Duration::from_secs(5);
     assert!(stack.stop_service("clickhouse-3").await.expect("stop"));
     let producer_off = producer(&off);
     let producer_on = producer(&on);
