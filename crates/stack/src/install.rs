@@ -29,7 +29,7 @@ const TANSU_SHA256: &str = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c72
 const DURABLE_VERSION: &str = "0.6.0";
 const DURABLE_FEATURES: &str = "libsql,postgres,dynostore";
 /// How many crates that build compiles (for its progress messages).
-const DURABLE_CRATES: usize = 520;
+const DURABLE_CRATES: usize = 430;
 
 /// Installs the Debian packages the profile needs unless their binaries are present.
 pub fn ensure_packages(need_zookeeper: bool) -> Result<(), StackError> {
@@ -167,8 +167,8 @@ fn ensure_durable_broker(cache_dir: &Path) -> Result<PathBuf, StackError> {
     let target = root.join("build");
     tracing::info!(
         "building tansu {DURABLE_VERSION} ({DURABLE_FEATURES}) from crates.io: about \
-         {DURABLE_CRATES} crates, 10–15 minutes on 2 cores, 1.7 GB of memory at its peak; \
-         done once, then cached in {}",
+         {DURABLE_CRATES} crates, about 10 minutes on an idle 2-core machine, 1.7 GB of memory \
+         at its peak; done once, then cached in {}",
         root.display()
     );
     let mut cmd = Command::new("cargo");
@@ -188,46 +188,61 @@ fn ensure_durable_broker(cache_dir: &Path) -> Result<PathBuf, StackError> {
     Ok(binary)
 }
 
-/// Runs a long build, logging how far it got every few seconds (cargo prints one `Compiling`
-/// line per crate) so that a first `stack up` does not look hung.
+/// Runs a long build, logging every 15 s how far it got (cargo prints one `Compiling` line
+/// per crate) so that a first `stack up` does not look hung.
 fn run_with_progress(cmd: &mut Command, what: &str) -> Result<(), StackError> {
     use std::io::{BufRead, BufReader};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
+    let command_error = |e: std::io::Error| StackError::Command {
+        what: what.into(),
+        reason: e.to_string(),
+    };
     let mut child = cmd
         .env("CARGO_TERM_PROGRESS_WHEN", "never")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| StackError::Command {
-            what: what.into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(command_error)?;
+    let compiled = Arc::new(AtomicUsize::new(0));
+    let tail = Arc::new(Mutex::new(std::collections::VecDeque::<String>::new()));
+    let reader = child.stderr.take().map(|stderr| {
+        let (compiled, tail) = (Arc::clone(&compiled), Arc::clone(&tail));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.trim_start().starts_with("Compiling ") {
+                    compiled.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Ok(mut tail) = tail.lock() {
+                    if tail.len() == 5 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            }
+        })
+    });
     let started = Instant::now();
-    let mut last_report = started;
-    let mut compiled = 0usize;
-    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.trim_start().starts_with("Compiling ") {
-                compiled += 1;
-            }
-            if last_report.elapsed() >= Duration::from_secs(15) {
-                last_report = Instant::now();
-                tracing::info!(
-                    "{what}: {compiled} of about {DURABLE_CRATES} crates compiled after {}s",
-                    started.elapsed().as_secs()
-                );
-            }
-            if tail.len() == 5 {
-                tail.pop_front();
-            }
-            tail.push_back(line);
+    let mut next_report = started + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(command_error)? {
+            break status;
         }
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(15);
+            tracing::info!(
+                "{what}: {} of about {DURABLE_CRATES} crates compiled after {}s",
+                compiled.load(Ordering::Relaxed),
+                started.elapsed().as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if let Some(reader) = reader {
+        let _ = reader.join();
     }
-    let status = child.wait().map_err(|e| StackError::Command {
-        what: what.into(),
-        reason: e.to_string(),
-    })?;
+    let compiled = compiled.load(Ordering::Relaxed);
     if status.success() {
         tracing::info!(
             "{what}: done in {}s ({compiled} crates)",
@@ -235,9 +250,13 @@ fn run_with_progress(cmd: &mut Command, what: &str) -> Result<(), StackError> {
         );
         return Ok(());
     }
+    let tail = tail
+        .lock()
+        .map(|t| Vec::from(t.clone()))
+        .unwrap_or_default();
     Err(StackError::Command {
         what: what.into(),
-        reason: format!("{status}: {}", Vec::from(tail).join(" | ")),
+        reason: format!("{status}: {}", tail.join(" | ")),
     })
 }
 
