@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 
 /// Most bytes hyper buffers per connection (reading heads and bodies); a request head larger
 /// than this gets 431.
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+pub const READ_BUFFER_BYTES: usize = 32 * 1024;
 /// Most 503 answers to connections over the cap pending at once.
 pub const OVERFLOW_ANSWERS: usize = 64;
 /// How long one such answer may take (write, then wait for the client to close).

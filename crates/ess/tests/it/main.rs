@@ -5,6 +5,7 @@
 
 mod broker;
 mod demo;
+mod ingest;
 mod modern;
 mod schema;
 mod sink;

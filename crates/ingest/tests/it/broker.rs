@@ -109,7 +109,8 @@ async fn broker_down_gives_503_and_broker_back_gives_202() {
             "{json}"
         );
         let results = json["results"].as_array().expect("per-event results");
-        assert!(results.iter().all(|r| r["status"] != "stored"), "{json}");
+        // Timed out: they may or may not be in Kafka, and the client is told so.
+        assert!(results.iter().all(|r| r["status"] == "unknown"), "{json}");
         assert_eq!(json["accepted"], 0);
         assert!(
             took >= Duration::from_millis(1500),
