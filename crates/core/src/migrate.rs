@@ -383,13 +383,13 @@ fn update(schema: &Schema, columns: &[String], create: &str) -> Vec<Step> {
     if !steps.is_empty() && !schema.cluster.is_empty() {
         steps.extend(recreate_distributed(schema));
     }
-    if let Some(ttl) = schema.ttl_clause() {
-        if !create.contains(&format!("TTL {ttl}")) {
-            steps.push(Step::Sql {
-                node: None,
-                sql: format!("ALTER TABLE {table}{on} MODIFY TTL {ttl}"),
-            });
-        }
+    if let Some(ttl) = schema.ttl_clause()
+        && !create.contains(&format!("TTL {ttl}"))
+    {
+        steps.push(Step::Sql {
+            node: None,
+            sql: format!("ALTER TABLE {table}{on} MODIFY TTL {ttl}"),
+        });
     }
     steps
 }
