@@ -4,6 +4,7 @@
 # /v1/batch (bench/segment/batch.lua), alternating ROUNDS times, and prints events/s of each.
 #
 # Needs: the stack's broker on 127.0.0.1:9092, wrk, curl, the tansu binary (for the topic).
+# The key id is "wrk", the `source` bench/ingest/batch.lua names (a key writes only its own source).
 # Env: DURATION (s per run, default 20), ROUNDS (default 2), CONNECTIONS (default 16),
 #      ESS_BIN, ESS_TANSU, BROKERS, PORT (default 29088).
 set -euo pipefail
@@ -35,7 +36,7 @@ topic = "$TOPIC"
 [ingest]
 listen = "127.0.0.1:$PORT"
 auth = "on"
-api_keys = [{ id = "bench", key = "$KEY", rate_per_sec = 100000000, burst = 100000000 }]
+api_keys = [{ id = "wrk", key = "$KEY", rate_per_sec = 100000000, burst = 100000000 }]
 TOML
 RUST_LOG=warn "$ESS_BIN" --config "$TMP/ess.toml" ingest >"$TMP/ingest.log" 2>&1 &
 PID=$!

@@ -422,7 +422,7 @@ impl IngestConfig {
             if !self.api_keys.iter().any(|k| &k.id == id) {
                 return Err(value_error(
                     &format!("ingest.cors.public_keys[{i}]"),
-                    &format!("names no key of ingest.api_keys (no id {id:?})"),
+                    format!("names no key of ingest.api_keys (no id {id:?})"),
                 ));
             }
         }
@@ -431,7 +431,7 @@ impl IngestConfig {
         {
             return Err(value_error(
                 "ingest.geoip_db",
-                &format!("{} is not a readable file", path.display()),
+                format!("{} is not a readable file", path.display()),
             ));
         }
         Ok(())
