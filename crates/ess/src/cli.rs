@@ -10,7 +10,7 @@ use ess_core::config::{BrokerBuild, Config, Profile};
 use ess_load::engine::DEFAULT_MAX_INFLIGHT;
 use ess_load::generator::GenSettings;
 use ess_load::plan::{self, Model, Plan};
-use ess_load::{LoadCommand, LoadOptions, RunId, VerifyCommand};
+use ess_load::{LoadCommand, LoadOptions, RawCount, RunId, VerifyCommand};
 use ess_stack::Stack;
 
 use crate::demo::DemoOptions;
@@ -260,6 +260,9 @@ impl VerifyArgs {
             wait: self.wait,
             list: self.list,
             json: self.json,
+            // `ess verify` does not control the run: it cannot stop merges before the rows
+            // arrive, so the counts it takes while waiting are its samples, and it says so.
+            raw_count: RawCount::sampled(),
         })
     }
 }

@@ -10,7 +10,8 @@
 //! - this module: the steps, each a function.
 //! - [`children`]: the `ess sink` and `ess ingest` processes the demo starts, probed over
 //!   HTTP and stopped by pid.
-//! - [`sampler`]: stored rows and consumer lag, sampled once a second for the report.
+//! - [`sampler`]: stored rows, distinct ids and consumer lag, sampled once a second for the
+//!   report and as the verification's duplicate samples.
 
 mod children;
 mod sampler;
@@ -26,7 +27,9 @@ use ess_load::lag::LagProbe;
 use ess_load::plan::{Model, Plan};
 use ess_load::report::{self, ReportData, Sample};
 use ess_load::stats::group;
-use ess_load::{LoadCommand, LoadOptions, Loaded, RunId, Verification, Verifier, VerifyCommand};
+use ess_load::{
+    LoadCommand, LoadOptions, Loaded, RawCount, RunId, Verification, Verifier, VerifyCommand,
+};
 use ess_stack::Stack;
 
 use children::{Children, wait_group_settled};
@@ -128,8 +131,8 @@ impl Demo {
         let loaded = self.load(target, shutdown).await?;
         let drain_s = self.drain(&verifier, &loaded).await;
         let load_started = sampler.started();
-        let samples = sampler.stop();
-        let verification = self.verify(&loaded).await?;
+        let (samples, raw_count) = sampler.stop();
+        let verification = self.verify(&loaded, raw_count).await?;
         let data = self.report(
             &server,
             load_started,
@@ -354,13 +357,15 @@ impl Demo {
         drain_s
     }
 
-    /// The verification, through `ess verify`'s entry. An interrupted load is verified too.
-    async fn verify(&self, loaded: &Loaded) -> anyhow::Result<Verification> {
+    /// The verification, through `ess verify`'s entry, with the duplicates the sampler saw
+    /// while merges ran. An interrupted load is verified too.
+    async fn verify(&self, loaded: &Loaded, raw_count: RawCount) -> anyhow::Result<Verification> {
         let command = VerifyCommand {
             record: loaded.path.clone(),
             wait: Duration::from_secs(60),
             list: 10,
             json: false,
+            raw_count,
         };
         ess_load::verify(&self.config, command, std::future::pending()).await
     }

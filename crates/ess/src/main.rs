@@ -1,6 +1,14 @@
 //! `ess`: HTTP events → Kafka → ClickHouse, plus the local stack, load generator and verifier.
 //!
 //! `main` parses flags and configuration and hands over to the library crates.
+//!
+//! # Layout
+//! - `cli`: the flags of every subcommand (clap types stay here), turned into the library
+//!   entries' plain options; each entry gets the SIGINT/SIGTERM shutdown future.
+//! - `demo`: `ess demo`, the whole pipeline as its steps, calling the same entries.
+//!
+//! Errors: `anyhow` with context, since a binary only reports them; the library crates keep
+//! typed errors where a caller acts on them.
 
 mod cli;
 mod demo;

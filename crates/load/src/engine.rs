@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::generator::{Body, GenSettings, Generator};
 use crate::ids::{RunId, SeqSet, decode};
 use crate::plan::{Model, Plan};
-use crate::stats::{Done, LatencyMs, Limits, Live, LoadSummary, Outcome, collect};
+use crate::stats::{Collected, Done, LatencyMs, Limits, Live, LoadSummary, Outcome, collect};
 
 /// Everything one load run needs.
 #[derive(Debug, Clone)]
@@ -282,13 +282,7 @@ pub async fn run(
         return Err(LoadError::Endless);
     }
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(opts.timeout));
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(usize::MAX)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
+    let client = http_client(opts.timeout);
 
     let (tx, rx) = mpsc::channel::<Vec<Done>>(65_536);
     let live = Arc::new(Live::default());
@@ -298,16 +292,7 @@ pub async fn run(
     };
     let collector = tokio::spawn(collect(rx, live.clone(), limits, opts.progress, opts.run));
     let generator = Arc::new(Generator::new(opts.run, opts.generator, opts.max_events));
-    let host = uri
-        .authority()
-        .map(|a| {
-            if a.port().is_some() {
-                a.to_string()
-            } else {
-                format!("{a}:80")
-            }
-        })
-        .ok_or_else(|| LoadError::Target(opts.target.clone()))?;
+    let host = host_port(&uri).ok_or_else(|| LoadError::Target(opts.target.clone()))?;
     let sender = Arc::new(Sender {
         client,
         uri,
@@ -375,45 +360,100 @@ pub async fn run(
         .await
         .unwrap_or_else(|e| panic!("collector task: {e}"));
 
-    let secs = duration.as_secs_f64().max(1e-6);
-    let failed = collected.requests - collected.ok;
-    let shape = match opts.plan.model {
-        Model::Open => describe(&opts.plan, "req/s"),
-        Model::Closed => describe(&opts.plan, "connections"),
-    };
-    let summary = LoadSummary {
-        run: opts.run,
-        target: base.to_owned(),
-        model: opts.plan.model,
-        shape: format!(
-            "{shape}, {} event{} per request",
-            batch,
-            if batch == 1 { "" } else { "s" }
-        ),
+    let run = RunShape {
+        opts: &opts,
+        base,
         batch,
         started_ms,
-        duration_s: secs,
-        requests: collected.requests,
-        requests_ok: collected.ok,
-        requests_failed: failed,
-        events_sent: collected.events_sent,
         unique_events: generator.issued(),
-        events_accepted: collected.accepted.len(),
-        resent: collected.resent,
-        rps: collected.requests as f64 / secs,
-        events_per_s: collected.accepted.len() as f64 / secs,
-        success_pct: if collected.requests == 0 {
-            0.0
-        } else {
-            100.0 * collected.ok as f64 / collected.requests as f64
-        },
-        latency: LatencyMs::of(&collected.total),
-        corrected_for_coordinated_omission: opts.plan.model == Model::Open,
-        outcomes: collected.outcomes,
         interrupted: interrupted.load(Ordering::Relaxed),
-        timeline: collected.timeline,
     };
+    let summary = run.summary(&collected, duration);
     Ok((summary, collected.accepted))
+}
+
+/// What a finished run was, for its summary.
+struct RunShape<'a> {
+    opts: &'a LoadOptions,
+    base: &'a str,
+    batch: usize,
+    started_ms: i64,
+    unique_events: u64,
+    interrupted: bool,
+}
+
+impl RunShape<'_> {
+    /// The summary of a run that took `duration` and collected `collected`.
+    fn summary(&self, collected: &Collected, duration: Duration) -> LoadSummary {
+        let Self {
+            opts,
+            base,
+            batch,
+            started_ms,
+            unique_events,
+            interrupted,
+        } = *self;
+        let secs = duration.as_secs_f64().max(1e-6);
+        let failed = collected.requests - collected.ok;
+        let shape = match opts.plan.model {
+            Model::Open => describe(&opts.plan, "req/s"),
+            Model::Closed => describe(&opts.plan, "connections"),
+        };
+        LoadSummary {
+            run: opts.run,
+            target: base.to_owned(),
+            model: opts.plan.model,
+            shape: format!(
+                "{shape}, {} event{} per request",
+                batch,
+                if batch == 1 { "" } else { "s" }
+            ),
+            batch,
+            started_ms,
+            duration_s: secs,
+            requests: collected.requests,
+            requests_ok: collected.ok,
+            requests_failed: failed,
+            events_sent: collected.events_sent,
+            unique_events,
+            events_accepted: collected.accepted.len(),
+            resent: collected.resent,
+            rps: collected.requests as f64 / secs,
+            events_per_s: collected.accepted.len() as f64 / secs,
+            success_pct: if collected.requests == 0 {
+                0.0
+            } else {
+                100.0 * collected.ok as f64 / collected.requests as f64
+            },
+            latency: LatencyMs::of(&collected.total),
+            corrected_for_coordinated_omission: opts.plan.model == Model::Open,
+            outcomes: collected.outcomes.clone(),
+            interrupted,
+            timeline: collected.timeline.clone(),
+        }
+    }
+}
+
+/// `host:port` of `uri` (port 80 when it names none).
+fn host_port(uri: &Uri) -> Option<String> {
+    uri.authority().map(|a| {
+        if a.port().is_some() {
+            a.to_string()
+        } else {
+            format!("{a}:80")
+        }
+    })
+}
+
+/// The open model's pooled client: no Nagle delay, connect timeout, idle connections kept.
+fn http_client(timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
 }
 
 fn describe(plan: &Plan, unit: &str) -> String {

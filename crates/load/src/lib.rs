@@ -19,7 +19,8 @@
 //! - [`http`]: a plain `GET` with the same client (readiness and metrics probes).
 //! - [`stats`]: HDR latency histograms, per-second timeline, progress line, the summary.
 //! - [`record`]: the run record `ess load` writes for `ess verify`.
-//! - [`verify`]: accepted vs stored vs unique, lost ids, replicas, end-to-end latency.
+//! - [`verify`]: accepted vs stored vs unique, lost ids, replicas, end-to-end latency, and how
+//!   duplicates were counted in raw rows (merges stopped, or sampled while merges ran).
 //! - [`lag`]: consumer lag of the sink's group, from the broker.
 //! - [`report`]: the comparison table, the HTML report and the PNG chart.
 
@@ -44,7 +45,7 @@ pub use engine::{LoadOptions, run as run_load};
 pub use ids::RunId;
 pub use record::RunRecord;
 pub use stats::LoadSummary;
-pub use verify::{Verification, Verifier};
+pub use verify::{RawCount, Verification, Verifier};
 
 /// What `ess load` does: send the load, write the run record, report.
 #[derive(Debug, Clone)]
@@ -132,6 +133,10 @@ pub struct VerifyCommand {
     pub list: usize,
     /// Print the verification as JSON on stdout instead of the text report.
     pub json: bool,
+    /// How duplicates were kept from merges before this check: merges stopped for the run,
+    /// or the caller's samples taken while it ran ([`RawCount::sampled`] when there are none:
+    /// the counts taken while waiting are the samples).
+    pub raw_count: RawCount,
 }
 
 /// Verifies a run and prints the verdict (its `ok` says whether nothing was lost or
@@ -144,7 +149,9 @@ pub async fn verify(
     let work = async {
         let record = RunRecord::read(&command.record)?;
         let verifier = Verifier::connect(config).await?;
-        verifier.verify(&record, command.wait, command.list).await
+        verifier
+            .verify(&record, command.wait, command.list, command.raw_count)
+            .await
     };
     let v = tokio::select! {
         v = work => v?,

@@ -506,8 +506,24 @@ fn esc(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The HTML report: the head and verdict, the key figures, the comparison, the charts, the
+/// load and the verification.
 fn html(data: &ReportData, charts: &[Chart], svgs: &[String]) -> String {
     let mut h = String::new();
+    html_head(&mut h, data);
+    html_kpis(&mut h, data);
+    html_comparison(&mut h, data);
+    html_charts(&mut h, charts, svgs);
+    html_load(&mut h, &data.load);
+    if let Some(v) = &data.verification {
+        html_verification(&mut h, v, data.drain_s);
+    }
+    h.push_str("<p class=\"legend\">Written by <code>ess demo</code>. All numbers are also in <code>summary.json</code> beside this file.</p>\n</body></html>\n");
+    h
+}
+
+/// The document head, title and verdict.
+fn html_head(h: &mut String, data: &ReportData) {
     let pass = data.passed();
     let _ = write!(
         h,
@@ -539,6 +555,10 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
             "FAIL"
         },
     );
+}
+
+/// The key figures as boxes.
+fn html_kpis(h: &mut String, data: &ReportData) {
     let v = data.verification.as_ref();
     let kpis = [
         (group(data.load.events_accepted), "events accepted"),
@@ -568,7 +588,12 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
             what
         );
     }
-    h.push_str("</div>\n<h2>Beside the original</h2>\n<table><tr><th></th><th>original (Python, k6)</th><th>ess (this run)</th></tr>\n");
+    h.push_str("</div>\n");
+}
+
+/// The original's figures beside this run's.
+fn html_comparison(h: &mut String, data: &ReportData) {
+    h.push_str("<h2>Beside the original</h2>\n<table><tr><th></th><th>original (Python, k6)</th><th>ess (this run)</th></tr>\n");
     for (what, orig, ours) in comparison(data) {
         let _ = writeln!(
             h,
@@ -579,6 +604,10 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
         );
     }
     h.push_str("</table>\n");
+}
+
+/// Each chart with its legend.
+fn html_charts(h: &mut String, charts: &[Chart], svgs: &[String]) {
     for (chart, svg) in charts.iter().zip(svgs) {
         let _ = write!(
             h,
@@ -607,7 +636,10 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
         h.push_str(&names.join(" &nbsp; "));
         h.push_str("</p>\n");
     }
-    let l = &data.load;
+}
+
+/// The load generator's figures.
+fn html_load(h: &mut String, l: &LoadSummary) {
     let _ = write!(
         h,
         "<h2>Load</h2>\n<p>Target <code>{}</code>, {} model: {}. Latency is measured {}.</p>\n<table>",
@@ -651,13 +683,17 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
         );
     }
     h.push_str("</table>\n");
-    if let Some(v) = v {
+}
+
+/// The verifier's figures, per node, and every problem.
+fn html_verification(h: &mut String, v: &Verification, drain_s: Option<f64>) {
+    {
         let _ = write!(
             h,
             "<h2>Verification</h2>\n<p>{} on ClickHouse {}{}</p>\n<table>",
             esc(&v.table),
             esc(&v.server),
-            data.drain_s
+            drain_s
                 .map(|d| format!(
                     "; the sinks finished storing {} after the load ended",
                     secs(d)
@@ -673,6 +709,7 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
                 "duplicates (after FINAL)",
                 format!("{} ({})", group(v.duplicates), group(v.duplicates_final)),
             ),
+            ("duplicates counted", v.raw_count.describe()),
             ("lost", group(v.lost)),
             ("stored without a 2xx", group(v.stored_without_ack)),
             (
@@ -711,8 +748,6 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}} .legend{{color:
         }
         h.push_str("</table>\n");
     }
-    h.push_str("<p class=\"legend\">Written by <code>ess demo</code>. All numbers are also in <code>summary.json</code> beside this file.</p>\n</body></html>\n");
-    h
 }
 
 #[cfg(test)]
@@ -786,15 +821,45 @@ mod tests {
         assert!(html.contains("<svg"));
         assert_eq!(html.matches("<svg").count(), 3);
         assert!(html.contains("test &lt;run&gt;"));
-        assert!(!html.contains("http://") || !html.contains("src=\"http"));
+        assert!(!html.contains("src=\"http"), "no network resources");
         assert!(!html.contains("<script src") && !html.contains("<link"));
+        assert!(
+            html.contains("21,900"),
+            "this run's accepted events are shown"
+        );
         let png = std::fs::read(&paths.png).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         let back: ReportData =
             serde_json::from_slice(&std::fs::read(&paths.json).unwrap()).unwrap();
         assert_eq!(back.load.requests, 21_900);
+    }
+
+    #[test]
+    fn the_table_shows_this_run_beside_the_original_and_fails_without_a_verification() {
         let table = table(&data());
-        assert!(table.contains("9,282"));
-        assert!(table.contains("1,952,643"));
+        let line = |what: &str| {
+            table
+                .lines()
+                .find(|l| l.trim_start().starts_with(what))
+                .unwrap_or_else(|| panic!("no {what:?} line in\n{table}"))
+                .trim_end()
+                .to_owned()
+        };
+        let rps = line("HTTP requests/s");
+        assert!(rps.contains("9,282") && rps.ends_with("1,095"), "{rps}");
+        let accepted = line("events accepted (2xx)");
+        assert!(
+            accepted.contains("1,952,643") && accepted.ends_with("21,900"),
+            "{accepted}"
+        );
+        assert!(line("success").ends_with("100.00%"));
+        assert!(
+            line("events stored (unique)").ends_with('—'),
+            "nothing verified"
+        );
+        assert!(
+            line("result:").contains("FAIL"),
+            "unverified runs do not pass"
+        );
     }
 }

@@ -1,6 +1,13 @@
 //! `ess verify`: what ClickHouse holds for a run, against what the load generator was told
 //! was accepted. Rows of a run are selected by `source` (the generator sets it to the run id)
 //! and each stored id is decoded back to its sequence number.
+//!
+//! Duplicates are counted in raw rows, and the verdict says how ([`RawCount`]): the table is
+//! a `ReplacingMergeTree`, whose background merges delete a duplicate's extra copy within
+//! seconds, so a count taken only at the end can miss a duplicate that was written. Either
+//! merges were stopped on every node's table for the run ([`Verifier::stop_merges`]), or the
+//! run's rows and distinct ids were sampled while it went on and the most extra rows seen at
+//! once count.
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +48,94 @@ pub struct NodeCount {
     pub rows: u64,
 }
 
+/// How the raw row count was kept from merges that delete duplicates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum RawCount {
+    /// Merges were stopped on every node's table before the run wrote its first row: every
+    /// row written is still there when counted.
+    MergesStopped,
+    /// Merges ran; the run's rows and distinct ids were counted `samples` times over
+    /// `span_s` seconds, and `max_duplicates` is the most extra rows one count saw. A copy
+    /// written and merged away between two samples is not seen.
+    Sampled {
+        /// Counts taken.
+        samples: u64,
+        /// Seconds from the first count to the last.
+        span_s: f64,
+        /// The most extra rows (rows − distinct ids) one count saw.
+        max_duplicates: u64,
+        /// When the first count was taken (milliseconds since the epoch).
+        #[serde(default)]
+        first_ms: i64,
+    },
+}
+
+impl Default for RawCount {
+    fn default() -> Self {
+        Self::sampled()
+    }
+}
+
+impl RawCount {
+    /// Sampling with no sample yet.
+    pub fn sampled() -> Self {
+        Self::Sampled {
+            samples: 0,
+            span_s: 0.0,
+            max_duplicates: 0,
+            first_ms: 0,
+        }
+    }
+
+    /// Adds one count of `rows` rows and `unique` distinct ids (when sampling).
+    pub fn add(&mut self, rows: u64, unique: u64) {
+        if let Self::Sampled {
+            samples,
+            span_s,
+            max_duplicates,
+            first_ms,
+        } = self
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            if *samples == 0 {
+                *first_ms = now;
+            }
+            *samples += 1;
+            *span_s = (now - *first_ms).max(0) as f64 / 1000.0;
+            *max_duplicates = (*max_duplicates).max(rows.saturating_sub(unique));
+        }
+    }
+
+    /// The most extra rows of an id seen by a sample (0 with merges stopped: the final count
+    /// is the raw one).
+    pub fn sampled_duplicates(&self) -> u64 {
+        match self {
+            Self::MergesStopped => 0,
+            Self::Sampled { max_duplicates, .. } => *max_duplicates,
+        }
+    }
+
+    /// One line saying how the duplicates were counted.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::MergesStopped => {
+                "raw rows: merges stopped on every node's table for the run".into()
+            }
+            Self::Sampled {
+                samples, span_s, ..
+            } => format!(
+                "merges ran: rows and ids counted {samples} time{} over {span_s:.0} s, the most \
+                 extra rows seen at once count (a copy merged away between two counts is missed)",
+                if *samples == 1 { "" } else { "s" }
+            ),
+        }
+    }
+}
+
 /// The verdict on a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verification {
@@ -58,8 +153,12 @@ pub struct Verification {
     pub unique_ids: u64,
     /// Rows as `FINAL` sees them (after ReplacingMergeTree collapses copies).
     pub rows_final: u64,
-    /// Extra rows of an id (`stored_rows − unique_ids`), before merges.
+    /// Extra rows of an id: `stored_rows − unique_ids`, or more when a sample taken while
+    /// merges ran saw more (see `raw_count`).
     pub duplicates: u64,
+    /// How duplicates were kept from merges before they were counted.
+    #[serde(default)]
+    pub raw_count: RawCount,
     /// Extra rows that survive `FINAL` (`rows_final − unique_ids`).
     pub duplicates_final: u64,
     /// Events re-sent on purpose by the generator.
@@ -240,30 +339,116 @@ impl Verifier {
         })
     }
 
+    /// Stops merges of the table on every node (`SYSTEM STOP MERGES`), so that a duplicate
+    /// row stays until it is counted. Call it before the run writes its first row; mind
+    /// `parts_to_throw_insert` (300 parts per partition) on long runs.
+    pub async fn stop_merges(&self) -> anyhow::Result<()> {
+        self.on_every_node("SYSTEM STOP MERGES").await
+    }
+
+    /// Lets merges run again on every node (`SYSTEM START MERGES`).
+    pub async fn start_merges(&self) -> anyhow::Result<()> {
+        self.on_every_node("SYSTEM START MERGES").await
+    }
+
+    async fn on_every_node(&self, statement: &str) -> anyhow::Result<()> {
+        let local = format!("{}.{}", self.schema.database, self.schema.local_table());
+        for (url, client) in &self.nodes {
+            client
+                .query(&format!("{statement} {local}"))
+                .execute()
+                .await
+                .with_context(|| format!("{statement} {local} on {url}"))?;
+        }
+        Ok(())
+    }
+
     /// The full check of `record`, waiting up to `wait` for the rows to arrive and the
-    /// replicas to agree.
+    /// replicas to agree. `raw_count` says how duplicates were kept from merges so far (the
+    /// caller's samples, or merges stopped); the counts taken while waiting add to it.
     pub async fn verify(
         &self,
         record: &RunRecord,
         wait: Duration,
         list: usize,
+        mut raw_count: RawCount,
     ) -> anyhow::Result<Verification> {
         let run = record.summary.run;
         let accepted = record.accepted_set();
         let started = Instant::now();
-        let deadline = started + wait;
-        let (rows, unique, nodes) = loop {
+        let (rows, unique, nodes) = self
+            .wait_settled(run, accepted.len(), wait, &mut raw_count)
+            .await?;
+        let waited_s = started.elapsed().as_secs_f64();
+        let rows_final = self.rows_final(run).await?;
+        let ids = self.stored_ids(run).await?;
+        let lost_first: Vec<LostId> = accepted
+            .difference(&ids.stored)
+            .take(list)
+            .map(|seq| LostId {
+                seq,
+                id: run.event_id(seq),
+            })
+            .collect();
+        let (replicas_consistent, shard_sum) = consistent(&nodes, rows);
+        let mut v = Verification {
+            run,
+            table: self.table(),
+            server: self.server.clone(),
+            accepted: accepted.len(),
+            stored_rows: rows,
+            unique_ids: unique,
+            rows_final,
+            duplicates: rows
+                .saturating_sub(unique)
+                .max(raw_count.sampled_duplicates()),
+            raw_count,
+            duplicates_final: rows_final.saturating_sub(unique),
+            resent: record.summary.resent,
+            lost: accepted.difference(&ids.stored).count() as u64,
+            lost_first,
+            stored_without_ack: ids.stored.difference(&accepted).count() as u64,
+            foreign_ids: ids.foreign,
+            e2e_ms: self.latency(run, "ingest_time").await?,
+            event_to_store_ms: self.latency(run, "event_time").await?,
+            nodes,
+            replicas_consistent,
+            shard_sum,
+            waited_s,
+            problems: Vec::new(),
+            ok: false,
+        };
+        v.problems = v.find_problems();
+        v.ok = v.problems.is_empty();
+        Ok(v)
+    }
+
+    /// Counts the run until every accepted event is stored and the replicas agree, or
+    /// `wait` passes; each count is a sample for `raw_count`. Returns the last rows, distinct
+    /// ids and per-node rows.
+    async fn wait_settled(
+        &self,
+        run: RunId,
+        accepted: u64,
+        wait: Duration,
+        raw_count: &mut RawCount,
+    ) -> anyhow::Result<(u64, u64, Vec<NodeCount>)> {
+        let deadline = Instant::now() + wait;
+        loop {
             let (rows, unique) = self.counts(run).await?;
+            raw_count.add(rows, unique);
             let nodes = self.node_counts(run).await?;
-            let settled = unique >= accepted.len() && consistent(&nodes, rows).0;
+            let settled = unique >= accepted && consistent(&nodes, rows).0;
             if settled || Instant::now() >= deadline {
-                break (rows, unique, nodes);
+                return Ok((rows, unique, nodes));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        let waited_s = started.elapsed().as_secs_f64();
-        let rows_final = self
-            .client
+        }
+    }
+
+    /// Rows of the run as `FINAL` sees them (copies of an id collapsed).
+    async fn rows_final(&self, run: RunId) -> anyhow::Result<u64> {
+        self.client
             .query(&format!(
                 "SELECT count() FROM {} FINAL WHERE source = ?",
                 self.table()
@@ -271,9 +456,15 @@ impl Verifier {
             .bind(run.to_string())
             .fetch_one::<u64>()
             .await
-            .unwrap_or(unique);
-        let mut stored = SeqSet::new();
-        let mut foreign = 0u64;
+            .context("count the run's rows with FINAL")
+    }
+
+    /// The sequence numbers of the run's stored ids, and how many ids are not the run's.
+    async fn stored_ids(&self, run: RunId) -> anyhow::Result<StoredIds> {
+        let mut ids = StoredIds {
+            stored: SeqSet::new(),
+            foreign: 0,
+        };
         let mut cursor = self
             .client
             .query(&format!("SELECT id FROM {} WHERE source = ?", self.table()))
@@ -283,77 +474,21 @@ impl Verifier {
         while let Some(row) = cursor.next().await.context("read the run's ids")? {
             match decode(&row.id) {
                 Some((r, seq)) if r == run => {
-                    stored.insert(seq);
+                    ids.stored.insert(seq);
                 }
-                _ => foreign += 1,
+                _ => ids.foreign += 1,
             }
         }
-        let lost_first: Vec<LostId> = accepted
-            .difference(&stored)
-            .take(list)
-            .map(|seq| LostId {
-                seq,
-                id: run.event_id(seq),
-            })
-            .collect();
-        let lost = accepted.difference(&stored).count() as u64;
-        let stored_without_ack = stored.difference(&accepted).count() as u64;
-        let e2e_ms = self.latency(run, "ingest_time").await?;
-        let event_to_store_ms = self.latency(run, "event_time").await?;
-        let (replicas_consistent, shard_sum) = consistent(&nodes, rows);
-        let duplicates = rows.saturating_sub(unique);
-        let duplicates_final = rows_final.saturating_sub(unique);
-        let resent = record.summary.resent;
-        let mut problems = Vec::new();
-        if lost > 0 {
-            problems.push(format!("{} accepted events are not stored", group(lost)));
-        }
-        if duplicates_final > 0 {
-            problems.push(format!(
-                "{} duplicate rows remain after FINAL",
-                group(duplicates_final)
-            ));
-        }
-        if duplicates > 0 && resent == 0 {
-            problems.push(format!(
-                "{} duplicate rows although no event was sent twice",
-                group(duplicates)
-            ));
-        }
-        if !replicas_consistent {
-            problems.push("replicas of a shard disagree, or the shards do not add up".into());
-        }
-        if foreign > 0 {
-            problems.push(format!(
-                "{} rows carry the run's source but not its ids",
-                group(foreign)
-            ));
-        }
-        Ok(Verification {
-            run,
-            table: self.table(),
-            server: self.server.clone(),
-            accepted: accepted.len(),
-            stored_rows: rows,
-            unique_ids: unique,
-            rows_final,
-            duplicates,
-            duplicates_final,
-            resent,
-            lost,
-            lost_first,
-            stored_without_ack,
-            foreign_ids: foreign,
-            e2e_ms,
-            event_to_store_ms,
-            nodes,
-            replicas_consistent,
-            shard_sum,
-            waited_s,
-            ok: problems.is_empty(),
-            problems,
-        })
+        Ok(ids)
     }
+}
+
+/// What the run's rows hold.
+struct StoredIds {
+    /// Sequence numbers of the run's ids.
+    stored: SeqSet,
+    /// Rows with the run's source whose id is not one of the run's.
+    foreign: u64,
 }
 
 /// Whether replicas of each shard agree and the shards (first replica each) add up to `total`.
@@ -371,6 +506,39 @@ pub fn consistent(nodes: &[NodeCount], total: u64) -> (bool, u64) {
 }
 
 impl Verification {
+    /// Everything wrong with the run.
+    fn find_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.lost > 0 {
+            problems.push(format!(
+                "{} accepted events are not stored",
+                group(self.lost)
+            ));
+        }
+        if self.duplicates_final > 0 {
+            problems.push(format!(
+                "{} duplicate rows remain after FINAL",
+                group(self.duplicates_final)
+            ));
+        }
+        if self.duplicates > 0 && self.resent == 0 {
+            problems.push(format!(
+                "{} duplicate rows although no event was sent twice",
+                group(self.duplicates)
+            ));
+        }
+        if !self.replicas_consistent {
+            problems.push("replicas of a shard disagree, or the shards do not add up".into());
+        }
+        if self.foreign_ids > 0 {
+            problems.push(format!(
+                "{} rows carry the run's source but not its ids",
+                group(self.foreign_ids)
+            ));
+        }
+        problems
+    }
+
     /// The text report.
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
@@ -400,6 +568,7 @@ impl Verification {
                 group(self.resent)
             ),
         );
+        row(&mut s, "duplicates counted", self.raw_count.describe());
         row(&mut s, "lost (accepted, not stored)", group(self.lost));
         for l in &self.lost_first {
             row(&mut s, "  lost", format!("seq {} id {}", l.seq, l.id));

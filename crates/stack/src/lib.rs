@@ -4,9 +4,13 @@
 //! # Layout
 //! - [`install`]: Debian packages and the pinned, checksummed broker binary.
 //! - [`render`]: the servers' config files.
-//! - [`process`]: detached processes, pid files, stopping by pid (never by name).
+//! - [`process`]: detached processes, pid files, stopping by pid (never by name), log tails.
 //! - this module: [`Stack`], which brings services up in order, waits until each really
 //!   serves, reports what runs where, and stops what it started.
+//!
+//! Errors: every fallible operation returns [`StackError`] (thiserror), not `anyhow`: its
+//! callers tell an unknown service name from a failed install or a service that never became
+//! ready, and the message of the last one carries the service's log tail.
 
 pub mod install;
 pub mod process;
@@ -338,15 +342,6 @@ impl Stack {
     pub async fn stop_service(&self, name: &str) -> Result<bool, StackError> {
         let service = self.service(name)?;
         Ok(stop_blocking(service.pid_path()).await)
-    }
-
-    /// Kills one service with SIGKILL. Returns whether it was running.
-    pub async fn kill_service(&self, name: &str) -> Result<bool, StackError> {
-        let service = self.service(name)?;
-        let path = service.pid_path();
-        Ok(tokio::task::spawn_blocking(move || process::kill(&path))
-            .await
-            .unwrap_or(false))
     }
 
     /// Stops every service this stack started, in reverse start order. Returns the names of

@@ -123,22 +123,6 @@ pub fn stop(pid_path: &Path, grace: Duration) -> bool {
     stopped
 }
 
-/// Sends SIGKILL to the process in `pid_path` if it is ours (for crash tests).
-pub fn kill(pid_path: &Path) -> bool {
-    let Some(pid) = PidFile::read(pid_path) else {
-        return false;
-    };
-    if !pid.is_alive() {
-        return false;
-    }
-    signal(pid.pid, "KILL");
-    while pid.is_alive() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_file(pid_path);
-    true
-}
-
 /// The last `lines` lines of a process's log (empty when it cannot be read).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -25,6 +25,17 @@ fn row(i: i64) -> EventRow {
     }
 }
 
+/// Rows with `id` in the local table on `url`, if it answers.
+async fn count_on(eph: &Ephemeral, url: &str, local: &str, id: &str) -> Option<u64> {
+    eph.client(url)
+        .await
+        .query(&format!("SELECT count() FROM {local} WHERE id = toUUID(?)"))
+        .bind(id)
+        .fetch_one::<u64>()
+        .await
+        .ok()
+}
+
 #[tokio::test]
 async fn a_row_through_distributed_lands_on_one_shard_and_both_its_replicas() {
     let eph = Ephemeral::new(1).await;
@@ -40,54 +51,36 @@ async fn a_row_through_distributed_lands_on_one_shard_and_both_its_replicas() {
     insert.write(&stored).await.expect("write");
     insert.end().await.expect("end");
 
-    // Nodes 1,2 are shard 1; nodes 3,4 shard 2.
+    // The shard the Distributed table's key picks for this id, as the server computes it:
+    // remainder 0 is shard 1 (nodes 1 and 2), remainder 1 shard 2 (nodes 3 and 4).
+    let remainder: u8 = client
+        .query(&format!(
+            "SELECT {} % 2 FROM (SELECT toUUID(?) AS id)",
+            ess_core::schema::SHARDING_KEY
+        ))
+        .bind(stored.id.to_string())
+        .fetch_one()
+        .await
+        .expect("the sharding key's value");
+    let nodes = ch.all_nodes();
+    let shard = remainder as usize * 2;
     let local = eph.migrated.schema.local_table();
-    let mut counts = Vec::new();
-    for url in ch.all_nodes() {
-        let node = eph.client(&url).await;
-        let count: u64 = eventually(Duration::from_secs(10), "replication", || {
-            let node = node.clone();
-            let local = local.clone();
-            let id = stored.id.to_string();
-            async move {
-                node.query(&format!("SELECT count() FROM {local} WHERE id = toUUID(?)"))
-                    .bind(id)
-                    .fetch_one::<u64>()
-                    .await
-                    .ok()
-            }
-        })
-        .await;
-        counts.push(count);
-    }
-    // Replication is asynchronous: wait until the second replica of the shard has it.
-    let shard = if counts[0] + counts[1] > 0 { 0 } else { 2 };
-    for url in &ch.all_nodes()[shard..shard + 2] {
-        let node = eph.client(url).await;
-        let id = stored.id.to_string();
-        let local = local.clone();
-        eventually(Duration::from_secs(10), "both replicas", || {
-            let node = node.clone();
-            let local = local.clone();
-            let id = id.clone();
-            async move {
-                let n: u64 = node
-                    .query(&format!("SELECT count() FROM {local} WHERE id = toUUID(?)"))
-                    .bind(id)
-                    .fetch_one()
-                    .await
-                    .ok()?;
-                (n == 1).then_some(())
-            }
+    let id = stored.id.to_string();
+    // Replication is asynchronous: wait until both replicas of the shard have it.
+    for url in &nodes[shard..shard + 2] {
+        eventually(Duration::from_secs(10), "both replicas", || async {
+            (count_on(&eph, url, &local, &id).await? == 1).then_some(())
         })
         .await;
     }
-    let other = if shard == 0 { 2 } else { 0 };
-    assert_eq!(
-        counts[other] + counts[other + 1],
-        0,
-        "the other shard has it: {counts:?}"
-    );
+    let other = 2 - shard;
+    for url in &nodes[other..other + 2] {
+        assert_eq!(
+            count_on(&eph, url, &local, &id).await,
+            Some(0),
+            "the other shard ({url}) has it"
+        );
+    }
 
     let back: EventRow = client
         .query(&format!(

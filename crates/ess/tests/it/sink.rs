@@ -1,13 +1,19 @@
 //! `ess sink` as a process: killed with SIGKILL mid-stream and restarted, it stores every
-//! event exactly once; SIGTERM makes it commit, leave the group and exit 0.
+//! event exactly once; SIGTERM makes it commit what it stored, leave the group and exit 0.
+//!
+//! Merges are stopped on the test's tables, so a duplicate written at a kill stays a row of
+//! its own and `count()` counts it (a ReplacingMergeTree would otherwise delete it).
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ess_core::config::Config;
 use ess_core::event::{Millis, WireEvent};
 use ess_testkit::{Ephemeral, eventually};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::value::RawValue;
 
 fn spawn_sink(config: &Config) -> Child {
@@ -44,6 +50,67 @@ async fn count(eph: &Ephemeral) -> (u64, u64) {
         .fetch_one::<(u64, u64)>()
         .await
         .unwrap_or((0, 0))
+}
+
+/// `SYSTEM STOP MERGES` on every node's table of the test's database.
+async fn stop_merges(eph: &Ephemeral) {
+    let table = format!(
+        "{}.{}",
+        eph.config.clickhouse.database,
+        eph.migrated.schema.local_table()
+    );
+    for url in eph.config.clickhouse.all_nodes() {
+        eph.client(&url)
+            .await
+            .query(&format!("SYSTEM STOP MERGES {table}"))
+            .execute()
+            .await
+            .expect("stop merges");
+    }
+}
+
+/// Per partition, one past the highest offset stored in ClickHouse.
+async fn stored_offsets(eph: &Ephemeral) -> BTreeMap<i32, i64> {
+    let client = eph.client(&eph.config.clickhouse.url).await;
+    client
+        .query(&format!(
+            "SELECT kafka_partition, max(kafka_offset) + 1 FROM {} GROUP BY kafka_partition",
+            eph.config.clickhouse.table
+        ))
+        .fetch_all::<(i32, i64)>()
+        .await
+        .expect("stored offsets")
+        .into_iter()
+        .collect()
+}
+
+/// Per partition, the offset the sinks' group committed on the broker.
+async fn committed_offsets(eph: &Ephemeral, partitions: i32) -> BTreeMap<i32, i64> {
+    let kafka = eph.config.kafka.clone();
+    let group = eph.config.sink.group_id.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ess_core::kafka::client_config(&kafka)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&kafka.topic, p);
+        }
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    })
+    .await
+    .expect("join")
 }
 
 pub(crate) async fn produce(producer: &FutureProducer, topic: &str, n: u64) {
@@ -84,6 +151,7 @@ pub(crate) async fn produce(producer: &FutureProducer, topic: &str, n: u64) {
 #[tokio::test]
 async fn sigkill_mid_stream_and_restart_store_every_event_exactly_once() {
     let eph = Ephemeral::new(4).await;
+    stop_merges(&eph).await;
     let topic = eph.config.kafka.topic.clone();
     let producer: FutureProducer = ess_core::kafka::client_config(&eph.config.kafka)
         .set("enable.idempotence", "true")
@@ -124,7 +192,7 @@ async fn sigkill_mid_stream_and_restart_store_every_event_exactly_once() {
     .await;
     assert_eq!(stored, (total, total), "count() = uniqExact(id) = accepted");
 
-    // SIGTERM: commit, leave, exit 0.
+    // SIGTERM: it commits what it stored, leaves and exits 0.
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(sink.id().to_string())
@@ -137,5 +205,17 @@ async fn sigkill_mid_stream_and_restart_store_every_event_exactly_once() {
         .expect("wait");
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
     assert_eq!(count(&eph).await, (total, total), "no late duplicates");
+    let stored = stored_offsets(&eph).await;
+    assert_eq!(stored.len(), 4, "every partition has rows: {stored:?}");
+    assert_eq!(
+        stored.values().sum::<i64>(),
+        total as i64,
+        "one row per offset"
+    );
+    assert_eq!(
+        committed_offsets(&eph, 4).await,
+        stored,
+        "the group committed exactly what is stored"
+    );
     eph.cleanup().await;
 }

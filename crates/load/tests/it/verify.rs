@@ -6,7 +6,7 @@ use ess_core::schema::EventRow;
 use ess_load::ids::{RunId, SeqSet};
 use ess_load::plan::Model;
 use ess_load::stats::{LatencyMs, LoadSummary};
-use ess_load::{RunRecord, Verifier};
+use ess_load::{RawCount, RunRecord, Verifier};
 use ess_testkit::Ephemeral;
 
 fn record(run: RunId, accepted: &SeqSet, resent: u64) -> RunRecord {
@@ -53,6 +53,15 @@ fn row(run: RunId, seq: u64, e2e_ms: i64) -> EventRow {
     }
 }
 
+/// A second copy of event `seq`, written later (another block, so the replicated table does
+/// not drop it as a repeated block).
+fn copy_of(run: RunId, seq: u64) -> EventRow {
+    let mut again = row(run, seq, 10);
+    again.ingest_time += 1000;
+    again.store_time += 1000;
+    again
+}
+
 async fn insert(eph: &Ephemeral, rows: &[EventRow]) {
     let ch = &eph.config.clickhouse;
     let client = eph.client(&ch.url).await;
@@ -74,15 +83,21 @@ async fn a_complete_run_passes_with_exact_latency_and_consistent_replicas() {
     let mut accepted = SeqSet::new();
     accepted.insert_range(0, 1000);
     // e2e = seq % 100 ms: median 49.5 → exact quantile 49 or 50.
+    let verifier = Verifier::connect(&eph.config).await.unwrap();
+    verifier.stop_merges().await.unwrap();
     let rows: Vec<EventRow> = (0..1000).map(|s| row(run, s, (s % 100) as i64)).collect();
     insert(&eph, &rows).await;
     // Another run's rows in the same table must not count.
     let other = RunId::random();
     insert(&eph, &[row(other, 0, 5), row(other, 1, 5)]).await;
 
-    let verifier = Verifier::connect(&eph.config).await.unwrap();
     let v = verifier
-        .verify(&record(run, &accepted, 0), Duration::from_secs(30), 10)
+        .verify(
+            &record(run, &accepted, 0),
+            Duration::from_secs(30),
+            10,
+            RawCount::MergesStopped,
+        )
         .await
         .unwrap();
     assert!(v.ok, "{}", v.render());
@@ -112,17 +127,20 @@ async fn lost_and_duplicated_events_fail_the_run_and_are_named() {
     let run = RunId::random();
     let mut accepted = SeqSet::new();
     accepted.insert_range(0, 100);
+    // Merges stopped: the copy below stays a row of its own until it is counted.
+    let verifier = Verifier::connect(&eph.config).await.unwrap();
+    verifier.stop_merges().await.unwrap();
     let rows: Vec<EventRow> = (0..97).map(|s| row(run, s, 10)).collect();
     insert(&eph, &rows).await;
-    // A second copy of event 5, written later (another block, so not deduplicated as a block).
-    let mut again = row(run, 5, 10);
-    again.ingest_time += 1000;
-    again.store_time += 1000;
-    insert(&eph, &[again]).await;
+    insert(&eph, &[copy_of(run, 5)]).await;
 
-    let verifier = Verifier::connect(&eph.config).await.unwrap();
     let v = verifier
-        .verify(&record(run, &accepted, 0), Duration::from_secs(3), 2)
+        .verify(
+            &record(run, &accepted, 0),
+            Duration::from_secs(3),
+            2,
+            RawCount::MergesStopped,
+        )
         .await
         .unwrap();
     assert!(!v.ok);
@@ -136,5 +154,70 @@ async fn lost_and_duplicated_events_fail_the_run_and_are_named() {
     assert_eq!(v.rows_final, 97, "FINAL collapses the copy");
     assert!(v.problems.iter().any(|p| p.contains("not stored")));
     assert!(v.problems.iter().any(|p| p.contains("duplicate")));
+    assert_eq!(v.raw_count, RawCount::MergesStopped);
+    assert!(v.render().contains("merges stopped"), "{}", v.render());
+    eph.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_merged_away_before_the_check_still_fails_the_run_when_sampled() {
+    let eph = Ephemeral::new(1).await;
+    let run = RunId::random();
+    let mut accepted = SeqSet::new();
+    accepted.insert_range(0, 50);
+    // Merges held back only so that the sample below surely sees the copy.
+    let verifier = Verifier::connect(&eph.config).await.unwrap();
+    verifier.stop_merges().await.unwrap();
+    let rows: Vec<EventRow> = (0..50).map(|s| row(run, s, 10)).collect();
+    insert(&eph, &rows).await;
+    insert(&eph, &[copy_of(run, 7)]).await;
+
+    // A sample taken while the copy is there (on both replicas: a query may read either), as
+    // the demo's sampler takes them.
+    let mut sampled = RawCount::sampled();
+    let (rows, unique) =
+        ess_testkit::eventually(Duration::from_secs(30), "the copy replicated", || async {
+            let nodes = verifier.node_counts(run).await.ok()?;
+            (nodes.iter().map(|n| n.rows).sum::<u64>() == 102).then_some(())?;
+            verifier.counts(run).await.ok()
+        })
+        .await;
+    assert_eq!((rows, unique), (51, 50), "the copy is a row of its own");
+    sampled.add(rows, unique);
+
+    // Then the ReplacingMergeTree merges the copy away.
+    verifier.start_merges().await.unwrap();
+    let local = eph.migrated.schema.local_table();
+    for url in eph.config.clickhouse.all_nodes() {
+        eph.client(&url)
+            .await
+            .query(&format!("OPTIMIZE TABLE {local} FINAL"))
+            .execute()
+            .await
+            .unwrap();
+    }
+    ess_testkit::eventually(Duration::from_secs(30), "the copy merged away", || async {
+        let (rows, _) = verifier.counts(run).await.ok()?;
+        (rows == 50).then_some(())
+    })
+    .await;
+
+    let record = record(run, &accepted, 0);
+    let v = verifier
+        .verify(&record, Duration::from_secs(3), 2, sampled)
+        .await
+        .unwrap();
+    assert_eq!(v.stored_rows, 50, "no copy left at the end");
+    assert_eq!(v.duplicates, 1, "the sample saw it: {}", v.render());
+    assert!(!v.ok);
+    assert!(v.problems.iter().any(|p| p.contains("duplicate")));
+    assert!(v.render().contains("merges ran"), "{}", v.render());
+
+    // Counted only at the end, the same run looks clean: why the samples are needed.
+    let late = verifier
+        .verify(&record, Duration::ZERO, 2, RawCount::sampled())
+        .await
+        .unwrap();
+    assert_eq!(late.duplicates, 0);
     eph.cleanup().await;
 }
