@@ -14,23 +14,26 @@ use uuid::Uuid;
 pub const COLUMNS: &str = "id, type, source, event_time, ingest_time, store_time, properties, \
                            kafka_partition, kafka_offset";
 
-/// Appends one row to `out`.
+/// Appends one row to `out`; returns where in `out` its `store_time` (eight bytes) is, so a
+/// batch can stamp it later without knowing the layout.
 pub fn encode_row(
     out: &mut Vec<u8>,
     event: &WireEvent<'_>,
     store_time: i64,
     partition: i32,
     offset: i64,
-) {
+) -> usize {
     put_uuid(out, event.id);
     put_str(out, &event.kind);
     put_str(out, &event.source);
     out.extend_from_slice(&event.timestamp.0.to_le_bytes());
     out.extend_from_slice(&event.ingest_time.0.to_le_bytes());
+    let store_time_at = out.len();
     out.extend_from_slice(&store_time.to_le_bytes());
     put_str(out, event.properties.get());
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
+    store_time_at
 }
 
 /// Appends an [`EventRow`] (tests and tools).
