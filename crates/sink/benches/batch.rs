@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
             out.clear();
             for (offset, m) in messages.iter().enumerate() {
                 let event = WireEvent::from_json(m).expect("valid message");
-                encode_row(&mut out, &event, 0, 0, offset as i64);
+                let _ = encode_row(&mut out, &event, 0, 0, offset as i64);
             }
             black_box(out.len())
         })

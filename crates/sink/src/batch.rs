@@ -239,12 +239,7 @@ impl Builder {
         let open = &mut self.open;
         let part = &mut open.parts[shard];
         let start = part.data.len();
-        encode_row(&mut part.data, event, 0, partition, offset);
-        // store_time sits 16 bytes (event_time, ingest_time) after type and source; its place
-        // is found from the end: offset (8), partition (4), properties, store_time (8).
-        let props = event.properties.get().len();
-        let tail = 8 + 4 + props + varint_len(props) + 8;
-        let stamp = part.data.len() - tail;
+        let stamp = encode_row(&mut part.data, event, 0, partition, offset);
         part.row_starts.push(start as u32);
         part.stamp_at.push(stamp as u32);
         part.months.push(month_of(event.timestamp.0));
@@ -355,15 +350,6 @@ pub fn month_of(ms: i64) -> i32 {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year * 12 + month - 1) as i32
-}
-
-fn varint_len(mut n: usize) -> usize {
-    let mut len = 1;
-    while n >= 0x80 {
-        n >>= 7;
-        len += 1;
-    }
-    len
 }
 
 #[cfg(test)]

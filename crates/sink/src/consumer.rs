@@ -5,8 +5,11 @@
 //!
 //! Rebalance callbacks run inside `poll` on this thread. On revoke the loop cuts the open
 //! batch, waits (at most `revoke_timeout`) until every batch is stored, commits synchronously
-//! and only then lets the partitions go; on assign it pauses the new partitions until
-//! [`crate::reconcile`] has said which of their offsets past the committed one are stored.
+//! and only then lets the partitions go — unless the assignment was lost (the group expired
+//! this member) or the process stalled ([`crate::lease`]): then everything in flight is
+//! abandoned at once. On assign it pauses the new partitions until [`crate::reconcile`] has
+//! said which of their offsets past the committed one are stored; after a stall it does the
+//! same for the partitions it still holds, reading them again from their committed offsets.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

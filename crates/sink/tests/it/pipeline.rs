@@ -1,12 +1,11 @@
 //! Events in, rows out: every column exact, dead letters for poison, restarts without
 //! duplicates.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ess_core::config::{Config, WritePath};
 use ess_core::schema::EventRow;
-use ess_testkit::{Ephemeral, eventually};
+use ess_testkit::Ephemeral;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -364,82 +363,6 @@ async fn rows_clickhouse_refuses_go_to_the_dead_letter_topic_and_the_rest_is_sto
         600,
         "refused rows are committed too"
     );
-    eph.cleanup().await;
-}
-
-#[tokio::test]
-async fn revoke_and_shutdown_give_up_on_inserts_that_cannot_finish() {
-    let eph = Ephemeral::new(4).await;
-    let mut config = test_config(eph.config.clone());
-    config.sink.revoke_timeout = Duration::from_secs(3);
-    config.sink.shutdown_timeout = Duration::from_secs(3);
-    config.sink.retry_max_backoff = Duration::from_millis(500);
-    stop_merges(&config).await;
-    // Every insert fails (unknown table, retried) while the local tables are renamed away.
-    let rename = |from: &str, to: &str| {
-        let sql = format!(
-            "RENAME TABLE {db}.{from} TO {db}.{to}",
-            db = config.clickhouse.database
-        );
-        let config = config.clone();
-        async move {
-            for url in config.clickhouse.all_nodes() {
-                ess_core::clickhouse::client(&config.clickhouse, &url)
-                    .with_validation(false)
-                    .query(&sql)
-                    .execute()
-                    .await
-                    .expect("rename");
-            }
-        }
-    };
-    let local = config.clickhouse.local_table();
-    rename(&local, "away").await;
-    let producer = producer(&config);
-    produce(&config, &producer, 2_000, 0).await;
-    let first = InProcess::start(&config).await;
-    eventually(Duration::from_secs(30), "the first sink reads", || async {
-        (first.health().assigned.load(Ordering::Relaxed) == 4).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    // A second member joins: the first cannot store what it holds and gives up after
-    // `revoke_timeout`, so the group rebalances and the newcomer gets partitions.
-    let second = InProcess::start(&config).await;
-    eventually(
-        Duration::from_secs(40),
-        "the second sink gets partitions",
-        || async { (second.health().assigned.load(Ordering::Relaxed) > 0).then_some(()) },
-    )
-    .await;
-    assert!(first.health().revocations.load(Ordering::Relaxed) >= 1);
-
-    // Shutdown gives up after `shutdown_timeout`, commits nothing unstored.
-    let started = std::time::Instant::now();
-    first
-        .stop()
-        .await
-        .expect("stops although inserts keep failing");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "stopped after {:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        committed_total(&config, 4),
-        0,
-        "nothing stored, nothing committed"
-    );
-
-    rename("away", &local).await;
-    assert_eq!(
-        wait_for_rows(&config, 2_000, Duration::from_secs(60)).await,
-        (2_000, 2_000)
-    );
-    second.stop().await.expect("stop");
-    assert_eq!(counts(&config).await, (2_000, 2_000));
-    assert_eq!(committed_total(&config, 4), 2_000);
     eph.cleanup().await;
 }
 
