@@ -240,7 +240,12 @@ pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
                  {kept}{}",
                 schema.on_cluster()
             ));
-            rebuild(&schema, columns, &shards)
+            let nodes = if schema.cluster.is_empty() {
+                Vec::new()
+            } else {
+                ch.all_nodes()
+            };
+            rebuild(&schema, columns, &shards, &nodes)
         }
     };
     Ok(Plan {
@@ -412,8 +417,15 @@ fn recreate_distributed(schema: &Schema) -> Vec<Step> {
     ]
 }
 
-/// Steps moving a layout-1 table to the current layout (see the module docs).
-fn rebuild(schema: &Schema, old_columns: &[String], shards: &[String]) -> Vec<Step> {
+/// Steps moving a layout-1 table to the current layout (see the module docs): the copy runs on
+/// one node of each of `shards`; every one of `replicas` (empty on a single server) fetches it
+/// before the swap, so queries see every row as soon as the new table has the name.
+fn rebuild(
+    schema: &Schema,
+    old_columns: &[String],
+    shards: &[String],
+    replicas: &[String],
+) -> Vec<Step> {
     let db = &schema.database;
     let on = schema.on_cluster();
     let local = schema.local_table();
@@ -449,6 +461,12 @@ fn rebuild(schema: &Schema, old_columns: &[String], shards: &[String]) -> Vec<St
             node: node.clone(),
             from: old.clone(),
             to: next.clone(),
+        });
+    }
+    for node in replicas {
+        steps.push(Step::Sql {
+            node: Some(node.clone()),
+            sql: format!("SYSTEM SYNC REPLICA {next}"),
         });
     }
     steps.push(Step::Sql {
@@ -519,11 +537,9 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let steps = rebuild(
-            &schema("ess"),
-            &old,
-            &["http://a".into(), "http://b".into()],
-        );
+        let shards = ["http://a".to_owned(), "http://b".to_owned()];
+        let replicas = ["http://a".to_owned(), "http://a2".to_owned()];
+        let steps = rebuild(&schema("ess"), &old, &shards, &replicas);
         let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
         assert!(text[1].starts_with("CREATE TABLE ess.events_local_next ON CLUSTER ess"));
         assert!(text[2].contains(
@@ -534,10 +550,14 @@ mod tests {
         assert!(matches!(&steps[5], Step::Check { node, .. } if node == "http://b"));
         assert_eq!(
             text[6],
+            "-- on http://a\nSYSTEM SYNC REPLICA ess.events_local_next;"
+        );
+        assert_eq!(
+            text[8],
             "RENAME TABLE ess.events_local TO ess.events_local_v1, ess.events_local_next TO \
              ess.events_local ON CLUSTER ess;"
         );
-        assert!(text[8].contains("ENGINE = Distributed"));
+        assert!(text[10].contains("ENGINE = Distributed"));
     }
 
     #[test]

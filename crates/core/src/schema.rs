@@ -211,12 +211,11 @@ impl Schema {
                 local = self.local_table()
             )
         };
-        // `event_date` is computed by the server from the event time (never sent); queries
-        // filter on it to use the partition and the sort key on every server version.
-        let mut extra = format!(
-            ", event_date Date MATERIALIZED {}",
-            self.day_of("event_time")
-        );
+        // `event_date` is computed by the server from the event time (inserts leave it out);
+        // queries filter on it to use the partition and the sort key on every server version.
+        // DEFAULT, not MATERIALIZED: an insert through the Distributed table sends the
+        // computed column on to the shards, which 18.16 refuses for a MATERIALIZED one.
+        let mut extra = format!(", event_date Date DEFAULT {}", self.day_of("event_time"));
         if self.flavor == Flavor::Modern {
             // Reconciliation asks for offsets at or past the committed ones: recent rows,
             // which a min/max index per granule finds without reading the old ones.

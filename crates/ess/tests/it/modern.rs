@@ -132,7 +132,7 @@ s = session.Session(sys.argv[1])
 for stmt in open(sys.argv[2]).read().split(";\n"):
     if stmt.strip():
         s.query(stmt)
-s.query(f"INSERT INTO modern.events FROM INFILE '{sys.argv[3]}' FORMAT RowBinary")
+s.query(f"INSERT INTO modern.events ({sys.argv[4]}) FROM INFILE '{sys.argv[3]}' FORMAT RowBinary")
 print(s.query(
     "SELECT toString(id) AS id, type, source, toUnixTimestamp64Milli(event_time) AS e, "
     "toUnixTimestamp64Milli(ingest_time) AS i, toUnixTimestamp64Milli(store_time) AS s, "
@@ -146,6 +146,7 @@ print(s.query(
         .arg(dir.join("session"))
         .arg(&ddl_path)
         .arg(&rows_path)
+        .arg(ess_core::schema::COLUMN_NAMES)
         .output()
         .unwrap();
     assert!(

@@ -177,11 +177,24 @@ async fn one_day_of_one_source_and_type_reads_a_small_share_of_thirty_days() {
         .await
         .with_setting("insert_distributed_sync", "1");
     const N: u64 = 1_000_000;
+    // One block, so each shard gets one part, as a merged table has (small fresh parts each
+    // cost at least a granule per query until merged).
     client
+        .clone()
+        .with_setting("max_block_size", "1048576")
         .query(&generate_sql(&eph, &ch.table, N))
         .execute()
         .await
         .expect("generate rows");
+    // Every replica has fetched the rows (the query may go to either).
+    let local = eph.migrated.schema.local_table();
+    for url in ch.all_nodes() {
+        let node = eph.client(&url).await;
+        node.query(&format!("SYSTEM SYNC REPLICA {local}"))
+            .execute()
+            .await
+            .expect("sync replica");
+    }
     // The rows the query must count: tenant1, type2, 2025-11-15.
     let expected = (0..N)
         .filter(|&i| {
@@ -195,7 +208,7 @@ async fn one_day_of_one_source_and_type_reads_a_small_share_of_thirty_days() {
         .clone()
         .with_setting("log_queries", "1")
         .with_setting("prefer_localhost_replica", "0")
-        .with_option("query_id", &query_id)
+        .with_setting("query_id", &query_id)
         .query(&format!(
             "SELECT count() FROM {} WHERE source = 'tenant1' AND type = 'type2' \
              AND event_date = '2025-11-15'",
@@ -427,7 +440,20 @@ async fn migrate_moves_the_first_layout_with_every_row_then_sinks_write_and_agai
         .await
         .expect("sorting key");
     assert_eq!(key, ess_core::schema::SORT_KEY);
-    assert_eq!(per_source(&client, &format!("{db}.events")).await, before);
+    // The ON CLUSTER statements have run on every node when migrate returns; the nodes'
+    // Distributed tables reach the new local ones within moments.
+    let mut after = Vec::new();
+    for _ in 0..100 {
+        after = per_source(&client, &format!("{db}.events")).await;
+        if after == before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        after, before,
+        "rows per source through the Distributed table"
+    );
     let kept: u64 = client
         .query("SELECT count() FROM system.tables WHERE database = ? AND name = 'events_local_v1'")
         .bind(db)
