@@ -4,7 +4,10 @@
 //! - [`config`]: the one typed configuration (TOML file, `ESS_*` environment, `--set` flags)
 //!   shared by every subcommand, with one section per component and per dependency.
 //! - [`event`]: the canonical event as it travels through Kafka, and its millisecond timestamps.
-//! - [`schema`]: the ClickHouse tables, chosen by server version, and the row the sink writes.
+//! - [`schema`]: the ClickHouse tables, chosen by server version: the one column list
+//!   ([`schema::COLUMNS`]), the sort key, retention, and the row the sink writes.
+//! - [`migrate`]: `ess migrate` — topics, and the tables created or moved from an earlier
+//!   layout, planned from what the server holds.
 //! - [`clickhouse`]: connecting to ClickHouse and telling old servers from current ones.
 
 pub mod clickhouse;
