@@ -19,24 +19,41 @@ fn event(i: usize) -> String {
 
 fn bench(c: &mut Criterion) {
     let one = event(1);
+    let batch = format!("[{}]", (0..100).map(event).collect::<Vec<_>>().join(","));
+    // What is measured must be the successful path: a refusal is much cheaper.
+    let parsed = parse_single(&one, &LIMITS).expect("the event is valid");
+    assert_eq!(parsed.kind, "page_view");
+    assert!(parsed.id.is_some() && parsed.timestamp.is_some());
+    assert_eq!(
+        parse_array(&batch, &LIMITS)
+            .expect("the batch is valid")
+            .len(),
+        100
+    );
+
     let mut group = c.benchmark_group("ingest_parse");
     group.throughput(Throughput::Elements(1));
     group.bench_function("single_event", |b| {
-        b.iter(|| parse_single(black_box(&one), &LIMITS).map(|e| e.kind.len()))
+        b.iter(|| {
+            let event = parse_single(black_box(&one), &LIMITS).expect("valid");
+            event.kind.len()
+        })
     });
-    let batch = format!("[{}]", (0..100).map(event).collect::<Vec<_>>().join(","));
     group.throughput(Throughput::Elements(100));
     group.bench_function("batch_of_100", |b| {
-        b.iter(|| parse_array(black_box(&batch), &LIMITS).map(|v| v.len()))
+        b.iter(|| {
+            let events = parse_array(black_box(&batch), &LIMITS).expect("valid");
+            assert_eq!(events.len(), 100);
+            events.len()
+        })
     });
     group.finish();
 
-    let parsed = parse_single(&one, &LIMITS).expect("valid event");
     let props = parsed.properties.expect("has properties");
     let mut group = c.benchmark_group("ingest_properties");
     group.throughput(Throughput::Bytes(props.get().len() as u64));
     group.bench_function("check_properties", |b| {
-        b.iter(|| check_properties(black_box(props), &LIMITS))
+        b.iter(|| check_properties(black_box(props), &LIMITS).expect("valid"))
     });
     group.finish();
 }
