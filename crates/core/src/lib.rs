@@ -5,7 +5,12 @@
 //!   shared by every subcommand, with one section per component and per dependency.
 //! - [`event`]: the canonical event as it travels through Kafka, and its millisecond timestamps.
 //! - [`schema`]: the ClickHouse tables, chosen by server version, and the row the sink writes.
-//! - [`clickhouse`]: connecting to ClickHouse and telling old servers from current ones.
+//! - [`clickhouse`]: the one place ClickHouse clients are made (HTTP or HTTPS with the
+//!   configured CA, credentials and connect timeout), errors that name the setting to check,
+//!   and telling old servers from current ones.
+//! - [`kafka`]: librdkafka settings for every client (TLS and SASL from `[kafka]`), the
+//!   start-up check that the brokers accept them, topic helpers.
+//! - [`migrate`]: `ess migrate` (topics, database, tables).
 
 pub mod clickhouse;
 pub mod config;

@@ -394,7 +394,7 @@ async fn pipeline(
         config.kafka.partitions
     ));
     let config_path = dir.join("config.toml");
-    std::fs::write(&config_path, config.to_toml())
+    std::fs::write(&config_path, config.to_toml_with_secrets())
         .with_context(|| format!("write {}", config_path.display()))?;
 
     // 3. Sinks first, each ready in the group, then ingest.

@@ -5,7 +5,9 @@
 
 mod broker;
 mod demo;
+mod deploy;
 mod modern;
 mod schema;
 mod sink;
 mod stack;
+mod tls;
