@@ -1,24 +1,203 @@
-//! Kafka client settings shared by every component.
+//! Kafka client settings shared by every component, and the check that the brokers accept
+//! them.
 
-use std::time::Duration;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 
-/// A client config with the bootstrap servers and the configured extra properties.
+/// A client config with the bootstrap servers, the security settings of `[kafka.tls]` and
+/// `[kafka.sasl]`, then the extra properties of `[kafka.client]`.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in security_properties(config) {
+        client.set(key, value);
+    }
     for (key, value) in &config.client {
         client.set(key, value);
     }
     client
+}
+
+/// The librdkafka properties for `[kafka.tls]` and `[kafka.sasl]`.
+pub fn security_properties(config: &KafkaConfig) -> Vec<(&'static str, String)> {
+    let (tls, sasl) = (&config.tls, &config.sasl);
+    let mechanism = sasl.mechanism.librdkafka_name();
+    let protocol = match (tls.enabled, mechanism.is_some()) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    let mut props = vec![("security.protocol", protocol.to_owned())];
+    let path = |p: &Path| p.display().to_string();
+    if tls.enabled {
+        if !tls.ca_file.as_os_str().is_empty() {
+            props.push(("ssl.ca.location", path(&tls.ca_file)));
+        }
+        if !tls.cert_file.as_os_str().is_empty() {
+            props.push(("ssl.certificate.location", path(&tls.cert_file)));
+            props.push(("ssl.key.location", path(&tls.key_file)));
+        }
+        if !tls.key_password.is_empty() {
+            props.push(("ssl.key.password", tls.key_password.expose().to_owned()));
+        }
+        let check = if tls.verify_hostname { "https" } else { "none" };
+        props.push(("ssl.endpoint.identification.algorithm", check.to_owned()));
+    }
+    if let Some(mechanism) = mechanism {
+        props.push(("sasl.mechanism", mechanism.to_owned()));
+        props.push(("sasl.username", sasl.username.clone()));
+        props.push(("sasl.password", sasl.password.expose().to_owned()));
+    }
+    props
+}
+
+/// Why the brokers cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The client could not be created (a bad property).
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+    /// A broker answered but refused the connection's security; `setting` names the keys
+    /// to look at.
+    #[error("Kafka at {brokers}: {reason}; check {setting}")]
+    Refused {
+        /// The bootstrap servers.
+        brokers: String,
+        /// What librdkafka reported.
+        reason: String,
+        /// The configuration keys that decide it.
+        setting: &'static str,
+    },
+    /// No broker answered in time (down, firewalled, or a wrong address).
+    #[error("Kafka at {brokers}: no answer within {timeout:?}{last}")]
+    Unreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// The last thing librdkafka reported, if anything.
+        last: String,
+    },
+}
+
+/// Collects what librdkafka reports while [`check_connection`] waits.
+#[derive(Debug, Default)]
+struct ProbeContext {
+    reports: Mutex<Vec<String>>,
+}
+
+impl ProbeContext {
+    fn push(&self, message: String) {
+        if let Ok(mut reports) = self.reports.lock() {
+            reports.push(message);
+        }
+    }
+
+    fn reports(&self) -> Vec<String> {
+        self.reports.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl ClientContext for ProbeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            self.push(format!("{fac}: {log_message}"));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.push(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
+/// The settings a librdkafka report points at, or `None` when it says nothing about them.
+fn blame(report: &str) -> Option<&'static str> {
+    let r = report.to_ascii_lowercase();
+    if r.contains("certificate verify failed") {
+        Some(
+            "kafka.tls.ca_file (the CA that signed the brokers' certificates) and kafka.tls.verify_hostname",
+        )
+    } else if r.contains("ssl.ca.location")
+        || r.contains("ssl.certificate")
+        || r.contains("ssl.key")
+    {
+        Some("kafka.tls.ca_file, kafka.tls.cert_file and kafka.tls.key_file")
+    } else if r.contains("connecting to a ssl listener") || r.contains("connecting to a sasl_ssl") {
+        Some("kafka.tls.enabled (the listener expects TLS)")
+    } else if r.contains("ssl handshake failed")
+        || r.contains("wrong version number")
+        || r.contains("during ssl")
+    {
+        Some(
+            "kafka.tls.enabled (the listener may not speak TLS), kafka.tls.ca_file, kafka.tls.cert_file and kafka.tls.key_file",
+        )
+    } else if r.contains("unsupported sasl mechanism")
+        || (r.contains("sasl mechanism") && r.contains("not supported"))
+    {
+        Some("kafka.sasl.mechanism")
+    } else if r.contains("authentication") || r.contains("sasl") {
+        Some("kafka.sasl.mechanism, kafka.sasl.username and kafka.sasl.password")
+    } else {
+        None
+    }
+}
+
+/// Asks the brokers for metadata with the configured security settings, for at most
+/// `timeout`. A broker that refuses the TLS handshake or the credentials gives
+/// [`ConnectError::Refused`] as soon as it is reported (usually well under a second), naming
+/// the settings to check; no answer at all gives [`ConnectError::Unreachable`]. Blocking:
+/// call it from a blocking thread.
+pub fn check_connection(config: &KafkaConfig, timeout: Duration) -> Result<(), ConnectError> {
+    let context = ProbeContext::default();
+    let consumer: BaseConsumer<ProbeContext> = client_config(config)
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(context)?;
+    let refused = |reason: String, setting| ConnectError::Refused {
+        brokers: config.brokers.clone(),
+        reason,
+        setting,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let step =
+            Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()));
+        let answered = consumer.fetch_metadata(None, step);
+        // Errors reach the context only while the client is polled (no subscription: no
+        // message can come back).
+        let _ = consumer.poll(Duration::ZERO);
+        let reports = consumer.context().reports();
+        if let Some((report, setting)) = reports.iter().find_map(|r| blame(r).map(|s| (r, s))) {
+            return Err(refused(report.clone(), setting));
+        }
+        match answered {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                let last = reports.last().cloned().unwrap_or_else(|| e.to_string());
+                return Err(ConnectError::Unreachable {
+                    brokers: config.brokers.clone(),
+                    timeout,
+                    last: format!(" (last report: {last})"),
+                });
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Creates `name` with `partitions` partitions unless it exists. Returns whether it was created.
@@ -75,4 +254,60 @@ pub async fn delete_topic(config: &KafkaConfig, name: &str) -> Result<(), KafkaE
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     admin.delete_topics(&[name], &options).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librdkafka_reports_point_at_the_settings() {
+        // Reports as librdkafka 2.12 words them.
+        let cases = [
+            (
+                "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured",
+                "kafka.tls.ca_file",
+            ),
+            (
+                "127.0.0.1:9093/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10",
+                "kafka.tls.enabled",
+            ),
+            (
+                "sasl_plaintext://127.0.0.1:9092/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+                "kafka.sasl.password",
+            ),
+        ];
+        for (report, setting) in cases {
+            let blamed = blame(report).unwrap_or_default();
+            assert!(blamed.contains(setting), "{report} → {blamed}");
+        }
+        assert_eq!(
+            blame(
+                "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn security_settings_become_librdkafka_properties() {
+        let mut config = KafkaConfig::default();
+        let props = |c: &KafkaConfig| {
+            security_properties(c)
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert_eq!(props(&config)["security.protocol"], "plaintext");
+        config.tls.enabled = true;
+        config.tls.ca_file = "/ca.pem".into();
+        config.sasl.mechanism = crate::config::SaslMechanism::ScramSha256;
+        config.sasl.username = "u".into();
+        config.sasl.password = crate::config::Secret::new("p");
+        let p = props(&config);
+        assert_eq!(p["security.protocol"], "sasl_ssl");
+        assert_eq!(p["ssl.ca.location"], "/ca.pem");
+        assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-256");
+        assert_eq!(p["sasl.password"], "p");
+        assert_eq!(p["ssl.endpoint.identification.algorithm"], "https");
+    }
 }

@@ -6,9 +6,13 @@
 //! - [`event`]: the canonical event as it travels through Kafka, and its millisecond timestamps.
 //! - [`schema`]: the ClickHouse tables, chosen by server version: the one column list
 //!   ([`schema::COLUMNS`]), the sort key, retention, and the row the sink writes.
+//! - [`clickhouse`]: the one place ClickHouse clients are made (HTTP or HTTPS with the
+//!   configured CA, credentials and connect timeout), errors that name the setting to check,
+//!   and telling old servers from current ones.
+//! - [`kafka`]: librdkafka settings for every client (TLS and SASL from `[kafka]`), the
+//!   start-up check that the brokers accept them, topic helpers.
 //! - [`migrate`]: `ess migrate` — topics, and the tables created or moved from an earlier
 //!   layout, planned from what the server holds.
-//! - [`clickhouse`]: connecting to ClickHouse and telling old servers from current ones.
 
 pub mod clickhouse;
 pub mod config;

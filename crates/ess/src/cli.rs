@@ -383,6 +383,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { print: false, .. } => {
+            check_kafka(&config, true).await?;
+            check_clickhouse(&config, true).await?;
             let done = ess_core::migrate::run(&config).await?;
             println!(
                 "migrated: ClickHouse {} ({:?} schema), database {}, table {}: found {}, {}{}",
@@ -408,10 +410,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest => {
+            check_kafka(&config, false).await?;
             ess_ingest::run(config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink => {
+            check_kafka(&config, false).await?;
+            check_clickhouse(&config, false).await?;
             ess_sink::run(config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -421,6 +426,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify(args) => {
             let command = args.command(&config)?;
+            check_clickhouse(&config, true).await?;
             Ok(exit(
                 ess_load::verify(&config, command, shutdown_signal())
                     .await?
@@ -438,6 +444,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// How long the start-up check waits for a broker to answer.
+const KAFKA_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Refuses to start when the brokers reject the TLS or SASL settings, naming the keys, instead
+/// of retrying forever. No answer at all stops only commands that cannot wait (`required`);
+/// long-running services log it and keep retrying.
+async fn check_kafka(config: &Config, required: bool) -> anyhow::Result<()> {
+    let kafka = config.kafka.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        ess_core::kafka::check_connection(&kafka, KAFKA_CHECK_TIMEOUT)
+    })
+    .await
+    .context("Kafka check")?;
+    match checked {
+        Err(e @ ess_core::kafka::ConnectError::Unreachable { .. }) if !required => {
+            tracing::warn!("{e}; retrying in the background");
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Refuses to start when a ClickHouse node rejects the credentials or the TLS settings,
+/// naming the keys. A `clickhouse.url` that does not answer stops only commands that need it
+/// now (`required`); other nodes that do not answer are logged.
+async fn check_clickhouse(config: &Config, required: bool) -> anyhow::Result<()> {
+    let ch = &config.clickhouse;
+    let mut urls = vec![ch.url.clone()];
+    urls.extend(ch.all_nodes().into_iter().filter(|u| *u != ch.url));
+    for (i, url) in urls.iter().enumerate() {
+        match ess_core::clickhouse::connect(ch, url).await {
+            Ok(_) => {}
+            Err(e) if (required && i == 0) || e.is_setting_error() => return Err(e.into()),
+            Err(e) => tracing::warn!("{e}; retrying in the background"),
+        }
+    }
+    Ok(())
 }
 
 fn exit(ok: bool) -> ExitCode {

@@ -116,7 +116,7 @@ impl Demo {
     ) -> anyhow::Result<bool> {
         let server = self.migrate().await?;
         let config_path = self.dir.join("config.toml");
-        std::fs::write(&config_path, self.config.to_toml())
+        std::fs::write(&config_path, self.config.to_toml_with_secrets())
             .with_context(|| format!("write {}", config_path.display()))?;
         let mut children = Children::new(&self.dir, &config_path, self.opts.keep);
         self.start_sinks(&mut children).await?;

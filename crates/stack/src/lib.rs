@@ -398,8 +398,7 @@ impl Stack {
     /// The cluster as ClickHouse node 1 sees it in `system.clusters`.
     pub async fn cluster_replicas(&self) -> Result<Vec<ClusterReplica>, StackError> {
         let url = format!("http://127.0.0.1:{}", self.config.clickhouse_http_port);
-        clickhouse::Client::default()
-            .with_url(&url)
+        local_client(&url)
             .with_validation(false)
             .query(
                 "SELECT shard_num, replica_num, host_name, port FROM system.clusters \
@@ -532,8 +531,7 @@ impl Stack {
             }
             Kind::ClickHouse(node) => {
                 let url = format!("http://127.0.0.1:{}", node.http_port);
-                clickhouse::Client::default()
-                    .with_url(url)
+                local_client(&url)
                     .with_validation(false)
                     .query("SELECT 1")
                     .fetch_one::<u8>()
@@ -559,6 +557,12 @@ fn broker_name(build: BrokerBuild) -> &'static str {
         BrokerBuild::Wheel => "wheel",
         BrokerBuild::Durable => "durable",
     }
+}
+
+/// A client for one of the stack's own nodes (plain HTTP, the passwordless `default` user),
+/// made like every other ClickHouse client of ess.
+fn local_client(url: &str) -> clickhouse::Client {
+    ess_core::clickhouse::client(&ess_core::config::ClickHouseConfig::default(), url)
 }
 
 /// How long a service gets to stop on SIGTERM before SIGKILL.

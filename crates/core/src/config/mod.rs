@@ -7,6 +7,7 @@
 
 mod ingest;
 mod load;
+mod security;
 mod sink;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub use ingest::{
     ApiKey, AuthMode, BYTES_PER_EVENT, CorsConfig, IngestConfig, SegmentConfig, parse_cidr,
 };
 pub use load::LoadConfig;
+pub use security::{KafkaSasl, KafkaTls, SaslMechanism, Secret};
 pub use sink::{SinkConfig, WritePath};
 
 /// Why the configuration could not be loaded.
@@ -85,7 +87,12 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Dead-letter topic for events the sink cannot store.
     pub dlq_topic: String,
-    /// Extra librdkafka properties applied to every client (e.g. `security.protocol`).
+    /// TLS to the brokers.
+    pub tls: KafkaTls,
+    /// SASL authentication to the brokers.
+    pub sasl: KafkaSasl,
+    /// Extra librdkafka properties applied to every client, over the ones ess derives from
+    /// the keys above (e.g. `socket.timeout.ms`).
     pub client: BTreeMap<String, String>,
 }
 
@@ -97,6 +104,8 @@ impl Default for KafkaConfig {
             partitions: 8,
             replication_factor: 1,
             dlq_topic: "ess.events.dlq".into(),
+            tls: KafkaTls::default(),
+            sasl: KafkaSasl::default(),
             client: BTreeMap::new(),
         }
     }
@@ -106,15 +115,23 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// HTTP URL of the node queries go to.
+    /// HTTP(S) URL of the node queries go to.
     pub url: String,
-    /// HTTP URLs of every node (all replicas of all shards); used for per-replica checks.
+    /// HTTP(S) URLs of every node (all replicas of all shards); used for per-replica checks.
     /// Empty means just `url`.
     pub nodes: Vec<String>,
     /// User name.
     pub user: String,
-    /// Password.
-    pub password: String,
+    /// Password (also `ESS_CLICKHOUSE__PASSWORD`).
+    pub password: Secret,
+    /// File holding the password (read at start; trailing newline dropped).
+    pub password_file: PathBuf,
+    /// PEM file with CA certificate(s) trusted for `https://` nodes besides the system's
+    /// roots (for clusters with their own CA or self-signed certificates).
+    pub ca_file: PathBuf,
+    /// How long opening a connection (TCP and TLS handshake) to a node may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Database holding the tables.
     pub database: String,
     /// Cluster name from `remote_servers`; empty for a single server (no replication).
@@ -125,9 +142,6 @@ pub struct ClickHouseConfig {
     /// chunk of its data going out, a query) before it tries another replica.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// How long opening a connection to a node may take.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
     /// Retention: rows whose event time is older than this are deleted by ClickHouse's merges
     /// (a table `TTL`; e.g. `"90days"`). Unset (the default) keeps rows forever. Needs
     /// ClickHouse 19.6 or later; `ess migrate` refuses it on older servers.
@@ -150,12 +164,14 @@ impl Default for ClickHouseConfig {
                 "http://127.0.0.1:8126".into(),
             ],
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
+            password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            connect_timeout: Duration::from_secs(5),
             database: "ess".into(),
             cluster: "ess".into(),
             table: "events".into(),
             timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
             ttl: None,
         }
     }
@@ -304,10 +320,11 @@ impl Config {
             origin: "merged".into(),
             message: e.to_string(),
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             origin: "file, ESS_* environment and --set flags".into(),
             message: e.to_string(),
         })?;
+        config.read_secret_files()?;
         config.validate()?;
         Ok(config)
     }
@@ -332,10 +349,20 @@ impl Config {
         if self.kafka.replication_factor < 1 {
             return bad("kafka.replication_factor", "must be at least 1");
         }
-        if !self.clickhouse.url.starts_with("http://")
-            && !self.clickhouse.url.starts_with("https://")
-        {
+        self.kafka.tls.validate()?;
+        self.kafka.sasl.validate()?;
+        if !is_http_url(&self.clickhouse.url) {
             return bad("clickhouse.url", "must be an http:// or https:// URL");
+        }
+        if let Some(node) = self.clickhouse.nodes.iter().find(|n| !is_http_url(n)) {
+            return Err(value_error(
+                "clickhouse.nodes",
+                format!("holds {node:?}: every node must be an http:// or https:// URL"),
+            ));
+        }
+        security::check_pem_certificates(&self.clickhouse.ca_file, "clickhouse.ca_file")?;
+        if self.clickhouse.connect_timeout.is_zero() {
+            return bad("clickhouse.connect_timeout", "must be more than 0");
         }
         if !is_identifier(&self.clickhouse.database) {
             return bad(
@@ -352,9 +379,6 @@ impl Config {
         if self.clickhouse.timeout.is_zero() {
             return bad("clickhouse.timeout", "must be positive");
         }
-        if self.clickhouse.connect_timeout.is_zero() {
-            return bad("clickhouse.connect_timeout", "must be positive");
-        }
         if self.clickhouse.ttl.is_some_and(|t| t.as_secs() == 0) {
             return bad(
                 "clickhouse.ttl",
@@ -370,10 +394,42 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as TOML (what `ess config` prints).
+    /// Reads the `*_file` secrets into their keys.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        self.kafka.tls.read_secret_files()?;
+        self.kafka.sasl.read_secret_files()?;
+        security::read_secret_file(
+            &mut self.clickhouse.password,
+            &mut self.clickhouse.password_file,
+            "clickhouse.password",
+        )
+    }
+
+    /// The configuration as TOML with every secret shown as `***` (what `ess config` prints).
     pub fn to_toml(&self) -> String {
+        let mut masked = self.clone();
+        for secret in [
+            &mut masked.kafka.tls.key_password,
+            &mut masked.kafka.sasl.password,
+            &mut masked.clickhouse.password,
+        ] {
+            secret.mask();
+        }
+        for api_key in &mut masked.ingest.api_keys {
+            api_key.key = Secret::MASK.to_owned();
+        }
+        masked.to_toml_with_secrets()
+    }
+
+    /// The configuration as TOML, secrets included (for a config file handed to a child
+    /// process; never print it).
+    pub fn to_toml_with_secrets(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -5,8 +5,10 @@
 
 mod broker;
 mod demo;
+mod deploy;
 mod ingest;
 mod modern;
 mod schema;
 mod sink;
 mod stack;
+mod tls;
