@@ -79,7 +79,7 @@ topic = "$topic"
 [ingest]
 listen = "127.0.0.1:$INGEST_PORT"
 auth = "on"
-api_keys = [{ id = "bench", key = "$KEY", rate_per_sec = 10000000, burst = 10000000 }]
+api_keys = [{ id = "wrk", key = "$KEY", rate_per_sec = 10000000, burst = 10000000 }]
 TOML
   # shellcheck disable=SC2086
   RUST_LOG=warn "$ESS_BIN" --config "$TMP/ess.toml" ${EXTRA_SET:-} ingest 2>"$TMP/ingest.log" &

@@ -21,7 +21,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
         .post(
             "/v1/events",
             format!(
-                r#"{{"id":"{given}","type":"page_view","source":"web","timestamp":"2026-11-24T10:00:00.123987+02:00","properties":{{"path":"/é","n":[1,2.5,null],"deep":{{"a":{{"b":true}}}}}}}}"#
+                r#"{{"id":"{given}","type":"page_view","source":"test","timestamp":"2026-11-24T10:00:00.123987+02:00","properties":{{"path":"/é","n":[1,2.5,null],"deep":{{"a":{{"b":true}}}}}}}}"#
             ),
         )
         .await;
@@ -107,7 +107,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
     let full = by_id(given);
     let v = &full.value;
     assert_eq!(v["type"], "page_view");
-    assert_eq!(v["source"], "web");
+    assert_eq!(v["source"], "test");
     assert_eq!(v["timestamp"], "2026-11-24T08:00:00.123Z");
     // The client's properties text, byte for byte.
     let raw = String::from_utf8(full.raw.clone()).expect("UTF-8");
