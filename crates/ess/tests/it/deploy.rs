@@ -334,7 +334,11 @@ fn clickhouse_xml_has_the_cluster_layout_of_the_local_stack() {
     assert!(doc.descendants().any(|n| n.has_tag_name("zookeeper")));
     // Node i of the compose file carries the macros node i of the local stack carries, and
     // sits in that shard of remote_servers.
-    let hosts: Vec<String> = doc
+    let servers = doc
+        .descendants()
+        .find(|n| n.has_tag_name("remote_servers"))
+        .unwrap();
+    let hosts: Vec<String> = servers
         .descendants()
         .filter(|n| n.has_tag_name("host"))
         .filter_map(|n| n.text().map(str::to_owned))
@@ -441,7 +445,7 @@ async fn dashboard_and_alerts_name_only_metrics_a_running_ingest_and_sink_export
     }
     assert!(used.len() >= 10, "{used:?}");
     // Alerts may also watch counters that only appear once something goes wrong (insert
-    // retries); those must at least be names the code records.
+    // retries, a paused sink); those must at least be names the code records.
     let mut alerts = BTreeSet::new();
     for group in yaml("prometheus/alerts.yml")[0]["groups"]
         .as_sequence()
@@ -458,7 +462,9 @@ async fn dashboard_and_alerts_name_only_metrics_a_running_ingest_and_sink_export
                 .unwrap()
         })
         .collect();
-    let rare: BTreeSet<String> = ["ess_sink_insert_retries_total"].map(str::to_owned).into();
+    let rare: BTreeSet<String> = ["ess_sink_insert_retries_total", "ess_sink_paused"]
+        .map(str::to_owned)
+        .into();
     for name in &alerts {
         assert!(
             sources.contains(&format!("\"{name}\"")),
