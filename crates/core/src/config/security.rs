@@ -252,7 +252,6 @@ impl KafkaSasl {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::Config;
 
     #[test]
