@@ -174,10 +174,9 @@ async fn connections_over_the_cap_get_a_quick_503() {
     assert!(started.elapsed() < Duration::from_secs(1));
     // Open connections are still served.
     let ids = client.post("/v1/events", r#"{"type":"in"}"#).await.ids();
-    assert_eq!(
-        metric(&client, "ess_ingest_connections_refused_total").await,
-        Some(1.0)
-    );
+    // At least the one above (the client's pool may also have tried a new connection).
+    let refused = metric(&client, "ess_ingest_connections_refused_total").await;
+    assert!(refused >= Some(1.0), "{refused:?}");
 
     // Once some close, new connections are served again.
     held.truncate(10);
