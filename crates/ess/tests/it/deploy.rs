@@ -504,12 +504,8 @@ async fn dashboard_and_alerts_name_only_metrics_a_running_ingest_and_sink_export
     let mut procs = Killed(Vec::new());
     procs.0.push(ess(&["sink"]).spawn().unwrap());
     procs.0.push(ess(&["ingest"]).spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(&ingest_addr).is_err() {
-        assert!(Instant::now() < deadline, "ingest does not listen");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let target = format!("http://{ingest_addr}");
+    crate::tls::wait_http(&target, Duration::from_secs(60)).await;
     let load = ess(&[
         "load",
         "--events",
@@ -522,7 +518,11 @@ async fn dashboard_and_alerts_name_only_metrics_a_running_ingest_and_sink_export
     ])
     .output()
     .unwrap();
-    assert!(load.status.success());
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stdout)
+    );
     // A message no event parser accepts goes to the dead-letter topic.
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = ess_core::kafka::client_config(&c.kafka).create().unwrap();

@@ -214,6 +214,14 @@ async fn one_day_of_one_source_and_type_reads_a_small_share_of_thirty_days() {
     let mut read = 0u64;
     for url in ch.all_nodes() {
         let node = eph.client(&url).await;
+        // A replica the Distributed query did not use may not have logged anything yet, and
+        // its `system.query_log` exists only after the first logged query is flushed.
+        node.clone()
+            .with_setting("log_queries", "1")
+            .query("SELECT 1")
+            .execute()
+            .await
+            .expect("a logged query");
         node.query("SYSTEM FLUSH LOGS")
             .execute()
             .await

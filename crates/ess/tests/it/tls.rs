@@ -30,8 +30,9 @@ fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     out
 }
@@ -366,11 +367,16 @@ fn ess(config: &Path) -> Command {
     cmd
 }
 
-async fn wait_http(url: &str, timeout: Duration) {
+/// Waits until `url`'s `/readyz` answers 200 (listening is not enough: ingest answers 503
+/// until its producer has reached the broker).
+pub(crate) async fn wait_http(url: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    let addr = url.trim_start_matches("http://").to_owned();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "{url} does not listen");
+    let readyz = format!("{url}/readyz");
+    while ess_load::http::get(&readyz, Duration::from_secs(1))
+        .await
+        .is_none_or(|(status, _)| status != 200)
+    {
+        assert!(Instant::now() < deadline, "{url} is not ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -254,7 +254,7 @@ async fn the_fence_waits_for_a_node_it_cannot_ask_and_for_its_running_insert() {
     let event = ess_core::event::WireEvent::from_json(&json).expect("json");
     let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
     let sql = format!(
-        "INSERT INTO {db}.{table} ({cols}) SELECT toUUID('{id}'), 'page_view', 'it', \
+        "INSERT INTO {db}.{table} ({cols}) SELECT toUUID('{id}'), 'page_view', 'it', '', '', '', '', '{{}}', \
          toUInt64({e}), toUInt64({i}), toUInt64(1), '{props}', toInt32(0), toInt64(0) \
          FROM numbers(8) WHERE sleep(3) = 0 AND number = 0",
         db = config.clickhouse.database,

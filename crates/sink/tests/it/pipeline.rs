@@ -42,8 +42,8 @@ async fn every_event_is_stored_once_with_exact_columns_and_offsets_committed() {
     let schema = &eph.migrated.schema;
     let row: EventRow = client
         .query(&format!(
-            "SELECT id, type, source, {}, {}, {}, properties, kafka_partition, kafka_offset \
-             FROM {} WHERE id = toUUID(?)",
+            "SELECT id, type, source, user_id, anonymous_id, ip, user_agent, context, {}, {}, {}, \
+             properties, kafka_partition, kafka_offset FROM {} WHERE id = toUUID(?)",
             schema.millis("event_time"),
             schema.millis("ingest_time"),
             schema.millis("store_time"),
