@@ -1,5 +1,6 @@
 //! Subcommands and how they wire the library crates.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -410,14 +411,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest => {
+            let shutdown = shutdown_signal();
             check_kafka(&config, false).await?;
-            ess_ingest::run(config, shutdown_signal()).await?;
+            ess_ingest::run(config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink => {
+            let shutdown = shutdown_signal();
             check_kafka(&config, false).await?;
             check_clickhouse(&config, false).await?;
-            ess_sink::run(config, shutdown_signal()).await?;
+            ess_sink::run(config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Load(args) => {
@@ -494,25 +497,32 @@ fn exit(ok: bool) -> ExitCode {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    // The handlers are installed here, before the caller's start-up work, so a signal that
+    // arrives while a command is still starting ends it cleanly instead of killing it.
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = signal(SignalKind::terminate())
+            .and_then(|term| signal(SignalKind::interrupt()).map(|interrupt| (term, interrupt)));
+        async move {
+            match signals {
+                Ok((mut term, mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn stack(config: &mut Config, action: StackAction) -> anyhow::Result<ExitCode> {
