@@ -275,14 +275,7 @@ pub async fn apply(config: &Config, plan: &Plan) -> Result<(), MigrateError> {
         };
         match step {
             Step::Sql { sql, .. } => {
-                client
-                    .query(sql)
-                    .execute()
-                    .await
-                    .map_err(|source| MigrateError::Ddl {
-                        statement: sql.clone(),
-                        source,
-                    })?;
+                client.query(sql).execute().await.map_err(ddl_error(sql))?;
             }
             Step::Check { node, from, to } => {
                 let (old, new) = (
@@ -308,10 +301,7 @@ async fn per_source(client: &Client, table: &str) -> Result<Vec<(String, u64)>, 
         .query(&sql)
         .fetch_all::<(String, u64)>()
         .await
-        .map_err(|source| MigrateError::Ddl {
-            statement: sql,
-            source,
-        })
+        .map_err(ddl_error(&sql))
 }
 
 async fn exists(client: &Client, database: &str, table: &str) -> Result<bool, MigrateError> {
@@ -322,11 +312,16 @@ async fn exists(client: &Client, database: &str, table: &str) -> Result<bool, Mi
         .bind(table)
         .fetch_one()
         .await
-        .map_err(|source| MigrateError::Ddl {
-            statement: sql.into(),
-            source,
-        })?;
+        .map_err(ddl_error(sql))?;
     Ok(n > 0)
+}
+
+/// Maps a failed statement to [`MigrateError::Ddl`] naming it.
+fn ddl_error(sql: &str) -> impl FnOnce(::clickhouse::error::Error) -> MigrateError + '_ {
+    move |source| MigrateError::Ddl {
+        statement: sql.into(),
+        source,
+    }
 }
 
 /// Reads the events table's layout.
@@ -340,10 +335,7 @@ async fn find(client: &Client, schema: &Schema) -> Result<Found, MigrateError> {
         .bind(&local)
         .fetch_optional()
         .await
-        .map_err(|source| MigrateError::Ddl {
-            statement: sql.into(),
-            source,
-        })?;
+        .map_err(ddl_error(sql))?;
     let Some((sorting_key, create)) = table else {
         return Ok(Found::Nothing);
     };
@@ -354,10 +346,7 @@ async fn find(client: &Client, schema: &Schema) -> Result<Found, MigrateError> {
         .bind(&local)
         .fetch_all()
         .await
-        .map_err(|source| MigrateError::Ddl {
-            statement: sql.into(),
-            source,
-        })?;
+        .map_err(ddl_error(sql))?;
     match sorting_key.as_str() {
         "id" => Ok(Found::First { columns }),
         key if key == crate::schema::SORT_KEY => Ok(Found::Current { columns, create }),
@@ -489,15 +478,11 @@ async fn shard_nodes(config: &Config) -> Result<Vec<String>, MigrateError> {
     for url in ch.all_nodes() {
         let (client, _) = connect(ch, &url).await?;
         let sql = "SELECT substitution FROM system.macros WHERE macro = 'shard'";
-        let shard: Option<String> =
-            client
-                .query(sql)
-                .fetch_optional()
-                .await
-                .map_err(|source| MigrateError::Ddl {
-                    statement: sql.into(),
-                    source,
-                })?;
+        let shard: Option<String> = client
+            .query(sql)
+            .fetch_optional()
+            .await
+            .map_err(ddl_error(sql))?;
         let Some(shard) = shard else {
             return Err(MigrateError::Refused(format!(
                 "{url} has no `shard` macro, so its shard is unknown; list only the cluster's \
