@@ -18,7 +18,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ess_core::config::{Config, IngestConfig};
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 

@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use ess_core::event::Millis;
+use ess_core::wire::Millis;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use ess_core::config::{AuthMode, IngestConfig};
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -212,7 +212,7 @@ async fn ingest(
                 context: context
                     .as_deref()
                     .or(m.context.as_deref())
-                    .unwrap_or_else(ess_core::event::empty_object),
+                    .unwrap_or_else(ess_core::wire::empty_object),
                 ip: Cow::Borrowed(ip.as_str()),
                 user_agent: Cow::Borrowed(m.context_user_agent.as_deref().unwrap_or(&header_agent)),
             };

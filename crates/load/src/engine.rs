@@ -312,7 +312,7 @@ pub async fn run(
         tx,
         live,
     });
-    let started_ms = ess_core::event::Millis::now().0;
+    let started_ms = ess_core::wire::Millis::now().0;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use ess_sink::batch::{Builder, Limits};
 use ess_sink::encode::encode_row;
 use serde_json::value::RawValue;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ess_core::event::WireEvent;
+use ess_core::wire::WireEvent;
 
 use crate::encode::encode_row;
 use crate::shard::Sharding;
@@ -448,7 +448,7 @@ mod tests {
             let json = event_json(i as usize, 1);
             let mut e = WireEvent::from_json(&json).unwrap();
             let month = (i * 7) % 250;
-            e.timestamp = ess_core::event::Millis(month * 31 * 86_400_000 + i);
+            e.timestamp = ess_core::wire::Millis(month * 31 * 86_400_000 + i);
             b.push_event(&e, 0, i, now);
             expected.push(month_of(e.timestamp.0));
         }

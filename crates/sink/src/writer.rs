@@ -194,7 +194,7 @@ impl Writer {
             _ => Outcome::Abandoned,
         };
         if outcome == Outcome::Stored {
-            let now = ess_core::event::Millis::now().0;
+            let now = ess_core::wire::Millis::now().0;
             metrics::counter!("ess_sink_rows_total").increment(batch.rows() as u64);
             metrics::counter!("ess_sink_batches_total").increment(1);
             metrics::histogram!("ess_sink_batch_rows").record(batch.rows() as f64);

@@ -251,7 +251,7 @@ async fn the_fence_waits_for_a_node_it_cannot_ask_and_for_its_running_insert() {
 
     // An earlier owner's insert of the event at offset 0, still running on node 2 (shard 1)
     // under the sink's query id for partition 0: INSERT … SELECT that sleeps ~24 s.
-    let event = ess_core::event::WireEvent::from_json(&json).expect("json");
+    let event = ess_core::wire::WireEvent::from_json(&json).expect("json");
     let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
     let sql = format!(
         "INSERT INTO {db}.{table} ({cols}) SELECT toUUID('{id}'), 'page_view', 'it', '', '', '', '', '{{}}', \

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use ess_core::clickhouse::Flavor;
 use ess_core::config::ClickHouseConfig;
-use ess_core::event::WireEvent;
 use ess_core::schema::Schema;
+use ess_core::wire::WireEvent;
 use ess_sink::batch::{Builder, Limits};
 use ess_sink::classify::{Disposition, classify};
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ess_core::config::Config;
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
