@@ -1,7 +1,7 @@
 //! Hot path of ingest: reading and validating request bodies.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ess_ingest::event::{Limits, check_properties, parse_array, parse_single};
+use ess_ingest::client_event::{Limits, check_properties, parse_array, parse_single};
 use std::hint::black_box;
 
 const LIMITS: Limits = Limits {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthError;
 use crate::body::BodyError;
-use crate::event::{EventError, Rejected};
+use crate::client_event::{EventError, Rejected};
 use crate::producer::Outcome;
 
 /// Every event of the request is in Kafka.

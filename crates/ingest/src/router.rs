@@ -25,8 +25,8 @@ use uuid::Uuid;
 use crate::api::{Accepted, ApiError, EventResult, json_response};
 use crate::auth::Keys;
 use crate::body::{self, Format};
+use crate::client_event::{self, Event, Limits};
 use crate::context::{ClientAddress, RequestContext};
-use crate::event::{self, Event, Limits};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::producer::{EnqueueError, Outcome, Producer};
@@ -183,11 +183,11 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
     let encoding = body::encoding(&parts.headers)?;
     state.keys.has_tokens(&caller)?;
     let mut received = state.intake.receive(&parts.headers, body, encoding).await?;
-    let text = event::as_text(&received.bytes)?;
+    let text = client_event::as_text(&received.bytes)?;
     let events = match (batch, format) {
-        (false, _) => vec![event::parse_single(text, &state.limits)?],
-        (true, Format::Json) => event::parse_array(text, &state.limits)?,
-        (true, Format::Ndjson) => event::parse_ndjson(text, &state.limits)?,
+        (false, _) => vec![client_event::parse_single(text, &state.limits)?],
+        (true, Format::Json) => client_event::parse_array(text, &state.limits)?,
+        (true, Format::Ndjson) => client_event::parse_ndjson(text, &state.limits)?,
     };
     state.intake.hold_events(&mut received.held, events.len())?;
     // With auth on, the source is the key's id: an event naming another is refused whole

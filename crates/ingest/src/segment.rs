@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::event::{self, EventError, Limits, Rejected};
+use crate::client_event::{self, EventError, Limits, Rejected};
 
 /// Namespace of the UUID v5 ids made from `messageId`s that are not UUIDs.
 pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5e6d_1c0a_7a3b_4c8e_9f21_0d4b_6a8e_e55e);
@@ -574,7 +574,7 @@ fn object_or_empty<'a>(
         None => Ok(Cow::Owned(empty_object()?)),
         Some(raw) if raw.get() == "null" => Ok(Cow::Owned(empty_object()?)),
         Some(raw) => {
-            event::check_properties(raw, limits).map_err(|e| rename(e, field))?;
+            client_event::check_properties(raw, limits).map_err(|e| rename(e, field))?;
             Ok(Cow::Borrowed(raw))
         }
     }
@@ -591,10 +591,10 @@ fn check_object(
         max_properties_bytes: max,
         ..*limits
     };
-    event::check_properties(raw, &limits).map_err(|e| rename(e, field))
+    client_event::check_properties(raw, &limits).map_err(|e| rename(e, field))
 }
 
-/// Names `field` in an error that [`event::check_properties`] gave about `properties`.
+/// Names `field` in an error that [`client_event::check_properties`] gave about `properties`.
 fn rename(error: EventError, field: &'static str) -> EventError {
     if field == "properties" {
         return error;

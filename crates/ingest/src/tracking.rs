@@ -29,8 +29,8 @@ use uuid::Uuid;
 
 use crate::api::{ApiError, json_response};
 use crate::body::{self, BodyError};
+use crate::client_event;
 use crate::cors::{self, Cors, From};
-use crate::event;
 use crate::geoip::GeoIp;
 use crate::router::{AppState, produce_each};
 use crate::segment::{self, Call, Message, Route, SizeLimits};
@@ -150,7 +150,7 @@ async fn ingest(
     media_type(headers)?;
     let encoding = body::encoding(headers)?;
     let mut received_body = state.intake.receive(headers, body, encoding).await?;
-    let text = event::as_text(&received_body.bytes)?;
+    let text = client_event::as_text(&received_body.bytes)?;
     let received = Millis::now();
     let parsed = segment::parse(text, route, &state.limits, &state.tracking.sizes, received)?;
     let basic = crate::auth::basic_user(headers);
