@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::batch::{Batch, Builder, DeadLetter, Limits};
 use crate::lease::Lease;
+use crate::monitoring::Health;
 use crate::offsets::Tracker;
 use crate::reconcile::{Held, Reconciler, Stored};
-use crate::server::Health;
 use crate::shard::Sharding;
 use crate::writer::{Ack, Outcome};
 

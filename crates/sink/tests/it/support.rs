@@ -128,7 +128,7 @@ impl InProcess {
         }
     }
 
-    pub fn health(&self) -> &ess_sink::server::Health {
+    pub fn health(&self) -> &ess_sink::monitoring::Health {
         &self.running.health
     }
 
