@@ -28,7 +28,7 @@ use seeds::{ArraySeed, EventSeed, TOO_MANY, Walk};
 
 /// What the validator enforces.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct EventLimits {
     /// Longest `type` and `source`, in bytes.
     pub max_type_len: usize,
     /// Largest `properties`, in bytes of JSON text.
@@ -219,12 +219,12 @@ pub fn as_text(body: &[u8]) -> Result<&str, Rejected> {
 }
 
 /// Reads the body of `POST /v1/events`: exactly one event object.
-pub fn parse_single<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, Rejected> {
+pub fn parse_single<'a>(text: &'a str, limits: &EventLimits) -> Result<Event<'a>, Rejected> {
     parse_event(text, limits).map_err(|error| Rejected { index: None, error })
 }
 
 /// Reads the body of `POST /v1/events/batch` sent as a JSON array.
-pub fn parse_array<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>, Rejected> {
+pub fn parse_array<'a>(text: &'a str, limits: &EventLimits) -> Result<Vec<Event<'a>>, Rejected> {
     let body_error = |error| Rejected { index: None, error };
     if first_byte(text) != Some(b'[') {
         return Err(body_error(if first_byte(text).is_none() {
@@ -266,7 +266,7 @@ pub fn parse_array<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>,
 }
 
 /// Reads the body of `POST /v1/events/batch` sent as NDJSON: one event per non-blank line.
-pub fn parse_ndjson<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>, Rejected> {
+pub fn parse_ndjson<'a>(text: &'a str, limits: &EventLimits) -> Result<Vec<Event<'a>>, Rejected> {
     let mut events = Vec::new();
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -309,7 +309,7 @@ fn json_error(e: &serde_json::Error, max_depth: usize) -> EventError {
 }
 
 /// Reads one event object from its text.
-fn parse_event<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, EventError> {
+fn parse_event<'a>(text: &'a str, limits: &EventLimits) -> Result<Event<'a>, EventError> {
     match first_byte(text) {
         Some(b'{') => {}
         None => return Err(EventError::Json("the body is empty".into())),
@@ -340,7 +340,7 @@ fn parse_event<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, EventErr
     Ok(event)
 }
 
-fn check_event(event: &Event<'_>, limits: &Limits) -> Result<(), EventError> {
+fn check_event(event: &Event<'_>, limits: &EventLimits) -> Result<(), EventError> {
     check_name("type", &event.kind, limits.max_type_len)?;
     if let Some(source) = &event.source {
         check_name("source", source, limits.max_type_len)?;
@@ -369,7 +369,7 @@ fn check_event(event: &Event<'_>, limits: &Limits) -> Result<(), EventError> {
 }
 
 /// `context` is held to the rules of `properties`, under its own name.
-fn check_context(context: &RawValue, limits: &Limits) -> Result<(), EventError> {
+fn check_context(context: &RawValue, limits: &EventLimits) -> Result<(), EventError> {
     check_properties(context, limits).map_err(|e| match e {
         EventError::Invalid { reason, .. } => EventError::Invalid {
             field: "context",
@@ -405,7 +405,7 @@ fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), EventE
 }
 
 /// `properties` must be an object within the size and depth limits, without duplicate keys.
-pub fn check_properties(props: &RawValue, limits: &Limits) -> Result<(), EventError> {
+pub fn check_properties(props: &RawValue, limits: &EventLimits) -> Result<(), EventError> {
     let text = props.get();
     if first_byte(text) != Some(b'{') {
         return Err(EventError::Invalid {
@@ -439,7 +439,7 @@ pub fn check_properties(props: &RawValue, limits: &Limits) -> Result<(), EventEr
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: EventLimits = EventLimits {
         max_type_len: 16,
         max_properties_bytes: 64,
         max_depth: 3,
