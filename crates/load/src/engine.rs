@@ -21,7 +21,9 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::generator::{Body, GenSettings, Generator};
 use crate::ids::{RunId, SeqSet, decode};
 use crate::plan::{Model, Plan};
-use crate::stats::{Collected, Done, LatencyMs, Limits, Live, LoadSummary, Outcome, collect};
+use crate::stats::{
+    Collected, Done, LatencyMs, Live, LoadSummary, RequestOutcome, RunLength, collect,
+};
 
 /// Everything one load run needs.
 #[derive(Debug, Clone)]
@@ -124,15 +126,15 @@ impl Sender {
                     let exchange = async {
                         let resp = self.client.request(req).await.map_err(|e| {
                             if e.is_connect() {
-                                Outcome::Connect
+                                RequestOutcome::Connect
                             } else {
-                                Outcome::Io
+                                RequestOutcome::Io
                             }
                         })?;
                         read(resp).await
                     };
                     match tokio::time::timeout(self.timeout, exchange).await {
-                        Err(_) => (Outcome::Timeout, Bytes::new()),
+                        Err(_) => (RequestOutcome::Timeout, Bytes::new()),
                         Ok(Err(outcome)) => (outcome, Bytes::new()),
                         Ok(Ok(done)) => done,
                     }
@@ -143,25 +145,28 @@ impl Sender {
                             *slot = Some(self.connect().await?);
                         }
                         let Some(Conn { sender, driver }) = slot.as_mut() else {
-                            return Err(Outcome::Connect);
+                            return Err(RequestOutcome::Connect);
                         };
                         // The connection is driven by this task, not one of its own: one
                         // wake-up per response instead of two.
                         let request = async {
-                            sender.ready().await.map_err(|_| Outcome::Io)?;
-                            let resp = sender.send_request(req).await.map_err(|_| Outcome::Io)?;
+                            sender.ready().await.map_err(|_| RequestOutcome::Io)?;
+                            let resp = sender
+                                .send_request(req)
+                                .await
+                                .map_err(|_| RequestOutcome::Io)?;
                             read(resp).await
                         };
                         tokio::select! {
                             biased;
                             done = request => done,
-                            _ = driver.as_mut() => Err(Outcome::Io),
+                            _ = driver.as_mut() => Err(RequestOutcome::Io),
                         }
                     };
                     match tokio::time::timeout(self.timeout, exchange).await {
                         Err(_) => {
                             *slot = None;
-                            (Outcome::Timeout, Bytes::new())
+                            (RequestOutcome::Timeout, Bytes::new())
                         }
                         Ok(Err(outcome)) => {
                             *slot = None;
@@ -171,7 +176,7 @@ impl Sender {
                     }
                 }
             },
-            Err(_) => (Outcome::Io, Bytes::new()),
+            Err(_) => (RequestOutcome::Io, Bytes::new()),
         };
         let latency_us = started.elapsed().as_micros() as u64;
         let accepted = if outcome.is_ok() {
@@ -189,14 +194,14 @@ impl Sender {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, Outcome> {
+    async fn connect(&self) -> Result<Conn, RequestOutcome> {
         let stream = tokio::net::TcpStream::connect(self.host.as_str())
             .await
-            .map_err(|_| Outcome::Connect)?;
+            .map_err(|_| RequestOutcome::Connect)?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|_| Outcome::Connect)?;
+            .map_err(|_| RequestOutcome::Connect)?;
         Ok(Conn {
             sender,
             driver: Box::pin(connection),
@@ -212,15 +217,17 @@ struct Conn {
     >,
 }
 
-async fn read(resp: hyper::Response<hyper::body::Incoming>) -> Result<(Outcome, Bytes), Outcome> {
+async fn read(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<(RequestOutcome, Bytes), RequestOutcome> {
     let status = resp.status().as_u16();
     let bytes = resp
         .into_body()
         .collect()
         .await
-        .map_err(|_| Outcome::Io)?
+        .map_err(|_| RequestOutcome::Io)?
         .to_bytes();
-    Ok((Outcome::Status(status), bytes))
+    Ok((RequestOutcome::Status(status), bytes))
 }
 
 /// Which of `sent` a 2xx reply accepted: all of them when the reply says so (or says nothing
@@ -286,7 +293,7 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<Vec<Done>>(65_536);
     let live = Arc::new(Live::default());
-    let limits = Limits {
+    let limits = RunLength {
         duration: end,
         events: opts.max_events,
     };
