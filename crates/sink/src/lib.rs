@@ -49,7 +49,7 @@ use anyhow::Context as _;
 use ess_core::config::{Config, WritePath};
 use rdkafka::producer::FutureProducer;
 
-use crate::batch::Limits;
+use crate::batch::BatchLimits;
 use crate::consumer::{Links, LoopConfig};
 use crate::lease::Lease;
 use crate::monitoring::Health;
@@ -377,7 +377,7 @@ async fn consume(
     let loop_config = LoopConfig {
         consumer: consumer_config(&config),
         topic: config.kafka.topic.clone(),
-        limits: Limits {
+        limits: BatchLimits {
             rows: config.sink.batch_rows,
             bytes: config.sink.batch_bytes,
             max_wait: config.sink.batch_max_wait,
