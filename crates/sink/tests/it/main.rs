@@ -5,5 +5,6 @@ mod faults;
 mod member;
 mod modern;
 mod pipeline;
+mod private;
 mod rebalance;
 mod support;
