@@ -398,6 +398,10 @@ async fn consume(
     };
     let polled = tokio::task::spawn_blocking(move || consumer::poll_loop(loop_config, links)).await;
     stopper.abort();
+    // The poll loop returns once every batch is stored or `shutdown_timeout` has passed. An
+    // insert still running then is abandoned (the next owner's fence and reconciliation cover
+    // it): waiting for it would hold the exit for up to `clickhouse.timeout` per replica.
+    dispatcher.abort();
     let _ = dispatcher.await;
     polled.context("poll loop panicked")?
 }
