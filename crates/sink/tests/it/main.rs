@@ -7,4 +7,6 @@ mod modern;
 mod pipeline;
 mod private;
 mod rebalance;
+mod reconcile;
 mod support;
+mod timeouts;
