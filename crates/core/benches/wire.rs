@@ -1,7 +1,7 @@
 //! Hot path shared by ingest and sink: the Kafka message format.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use serde_json::value::RawValue;
 use std::hint::black_box;
 

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: the one typed configuration (TOML file, `ESS_*` environment, `--set` flags)
 //!   shared by every subcommand, with one section per component and per dependency.
-//! - [`event`]: the canonical event as it travels through Kafka, and its millisecond timestamps.
+//! - [`wire`]: the event's wire form, as it travels through Kafka ([`wire::WireEvent`]), and
+//!   its millisecond timestamps.
 //! - [`schema`]: the ClickHouse tables, chosen by server version: the one column list
 //!   ([`schema::COLUMNS`]), the sort key, retention, and the row the sink writes.
 //! - [`clickhouse`]: the one place ClickHouse clients are made (HTTP or HTTPS with the
@@ -16,7 +17,7 @@
 
 pub mod clickhouse;
 pub mod config;
-pub mod event;
 pub mod kafka;
 pub mod migrate;
 pub mod schema;
+pub mod wire;

@@ -1,10 +1,10 @@
 //! Hot path of ingest: reading and validating request bodies.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ess_ingest::event::{Limits, check_properties, parse_array, parse_single};
+use ess_ingest::client_event::{EventLimits, check_properties, parse_array, parse_single};
 use std::hint::black_box;
 
-const LIMITS: Limits = Limits {
+const LIMITS: EventLimits = EventLimits {
     max_type_len: 128,
     max_properties_bytes: 32 * 1024,
     max_depth: 32,

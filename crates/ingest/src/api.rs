@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::auth::AuthError;
 use crate::body::BodyError;
-use crate::event::{EventError, Rejected};
-use crate::producer::Outcome;
+use crate::client_event::{EventError, Rejected};
+use crate::producer::Delivery;
 
 /// Every event of the request is in Kafka.
 #[derive(Debug)]
@@ -246,7 +246,7 @@ impl ApiError {
             field,
             accepted: results.map(|r| {
                 r.iter()
-                    .filter(|e| e.status == Outcome::Stored.as_str())
+                    .filter(|e| e.status == Delivery::Stored.as_str())
                     .count()
             }),
             results,

@@ -14,7 +14,8 @@
 //! - [`api`]: the response bodies and the error → status mapping.
 //! - [`intake`]: taking in a body: size, byte budget, read timeout, decompression, shutdown.
 //! - [`budget`]: the byte budget shared by all requests (`max_buffered_bytes`).
-//! - [`event`]: reading and validating events from a body (single, array, NDJSON).
+//! - [`client_event`]: the client's form of an event: reading and validating the events of a
+//!   body (single, array, NDJSON), without copying their strings.
 //! - [`context`]: the client's address (trusted-proxy rule, anonymisation) and user agent.
 //! - [`body`]: media types, content encodings, capped decompression.
 //! - [`auth`]: API keys (constant-time) and their token buckets.
@@ -30,10 +31,10 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod budget;
+pub mod client_event;
 pub mod conn;
 pub mod context;
 pub mod cors;
-pub mod event;
 pub mod geoip;
 pub mod intake;
 pub mod metrics;

@@ -71,7 +71,7 @@ impl std::fmt::Debug for Producer {
 
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Delivery {
     /// The broker acknowledged it (all in-sync replicas have it).
     Stored,
     /// The producer reported a failure that librdkafka counts as not persisted: not in Kafka.
@@ -83,7 +83,7 @@ pub enum Outcome {
     NotSent,
 }
 
-impl Outcome {
+impl Delivery {
     /// The name clients see.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -219,9 +219,9 @@ impl Producer {
 
     /// Waits for the verdict on every delivery, up to the produce timeout (plus a short grace
     /// for librdkafka's own timeout to fire first).
-    pub async fn settle(&self, deliveries: Vec<DeliveryFuture>) -> Vec<Outcome> {
+    pub async fn settle(&self, deliveries: Vec<DeliveryFuture>) -> Vec<Delivery> {
         let outcomes = self.wait_all(deliveries).await;
-        if outcomes.contains(&Outcome::Stored) {
+        if outcomes.contains(&Delivery::Stored) {
             self.failing.store(0, Ordering::Relaxed);
         } else if !outcomes.is_empty() {
             self.failing.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +229,7 @@ impl Producer {
         outcomes
     }
 
-    async fn wait_all(&self, deliveries: Vec<DeliveryFuture>) -> Vec<Outcome> {
+    async fn wait_all(&self, deliveries: Vec<DeliveryFuture>) -> Vec<Delivery> {
         if deliveries.len() == 1 {
             let mut one = deliveries;
             let Some(delivery) = one.pop() else {
@@ -237,7 +237,7 @@ impl Producer {
             };
             let outcome = match tokio::time::timeout(self.wait, delivery).await {
                 Ok(result) => outcome(result),
-                Err(_) => Outcome::Unknown,
+                Err(_) => Delivery::Unknown,
             };
             return vec![outcome];
         }
@@ -248,7 +248,7 @@ impl Producer {
             .into_iter()
             .map(|mut done| match Pin::new(&mut done).take_output() {
                 Some(result) => outcome(result),
-                None => Outcome::Unknown,
+                None => Delivery::Unknown,
             })
             .collect()
     }
@@ -283,14 +283,14 @@ impl Producer {
     }
 }
 
-fn outcome(result: <DeliveryFuture as Future>::Output) -> Outcome {
+fn outcome(result: <DeliveryFuture as Future>::Output) -> Delivery {
     match result {
-        Ok(Ok(_)) => Outcome::Stored,
+        Ok(Ok(_)) => Delivery::Stored,
         Ok(Err((e, _))) => {
             tracing::debug!(error = %e, "delivery failed");
             failure(&e)
         }
-        Err(_canceled) => Outcome::Unknown,
+        Err(_canceled) => Delivery::Unknown,
     }
 }
 
@@ -299,11 +299,11 @@ fn outcome(result: <DeliveryFuture as Future>::Output) -> Outcome {
 /// others `Failed`. A message timeout counts as possibly persisted: librdkafka says so for a
 /// message that timed out in flight, and the error alone does not tell it from one that never
 /// left the queue.
-fn failure(error: &KafkaError) -> Outcome {
+fn failure(error: &KafkaError) -> Delivery {
     use RDKafkaErrorCode as C;
     let code = match error {
         KafkaError::MessageProduction(code) => *code,
-        _ => return Outcome::Unknown,
+        _ => return Delivery::Unknown,
     };
     match code {
         C::BrokerTransportFailure
@@ -316,8 +316,8 @@ fn failure(error: &KafkaError) -> Outcome {
         | C::MessageTimedOut
         | C::OutOfOrderSequenceNumber
         | C::DuplicateSequenceNumber
-        | C::Fatal => Outcome::Unknown,
-        _ => Outcome::Failed,
+        | C::Fatal => Delivery::Unknown,
+        _ => Delivery::Failed,
     }
 }
 
@@ -362,7 +362,7 @@ mod tests {
             C::PurgeInflight,
             C::OutOfOrderSequenceNumber,
         ] {
-            assert_eq!(sorted(code), Outcome::Unknown, "{code:?}");
+            assert_eq!(sorted(code), Delivery::Unknown, "{code:?}");
         }
         for code in [
             C::MessageSizeTooLarge,
@@ -372,7 +372,7 @@ mod tests {
             C::PurgeQueue,
             C::InvalidRecord,
         ] {
-            assert_eq!(sorted(code), Outcome::Failed, "{code:?}");
+            assert_eq!(sorted(code), Delivery::Failed, "{code:?}");
         }
     }
 }

@@ -18,24 +18,24 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ess_core::config::{Config, IngestConfig};
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::api::{Accepted, ApiError, EventResult, json_response};
 use crate::auth::Keys;
 use crate::body::{self, Format};
+use crate::client_event::{self, Event, EventLimits};
 use crate::context::{ClientAddress, RequestContext};
-use crate::event::{self, Event, Limits};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
-use crate::producer::{EnqueueError, Outcome, Producer};
+use crate::producer::{Delivery, EnqueueError, Producer};
 
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
     pub(crate) config: IngestConfig,
-    pub(crate) limits: Limits,
+    pub(crate) limits: EventLimits,
     pub(crate) keys: Keys,
     pub(crate) intake: Intake,
     pub(crate) client_address: ClientAddress,
@@ -56,7 +56,7 @@ impl AppState {
         let stats = metrics.producer_stats(&config.kafka.topic);
         Ok(Self {
             config: ingest.clone(),
-            limits: Limits {
+            limits: EventLimits {
                 max_type_len: ingest.max_type_len,
                 max_properties_bytes: ingest.max_properties_bytes,
                 max_depth: ingest.max_depth,
@@ -183,11 +183,11 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
     let encoding = body::encoding(&parts.headers)?;
     state.keys.has_tokens(&caller)?;
     let mut received = state.intake.receive(&parts.headers, body, encoding).await?;
-    let text = event::as_text(&received.bytes)?;
+    let text = client_event::as_text(&received.bytes)?;
     let events = match (batch, format) {
-        (false, _) => vec![event::parse_single(text, &state.limits)?],
-        (true, Format::Json) => event::parse_array(text, &state.limits)?,
-        (true, Format::Ndjson) => event::parse_ndjson(text, &state.limits)?,
+        (false, _) => vec![client_event::parse_single(text, &state.limits)?],
+        (true, Format::Json) => client_event::parse_array(text, &state.limits)?,
+        (true, Format::Ndjson) => client_event::parse_ndjson(text, &state.limits)?,
     };
     state.intake.hold_events(&mut received.held, events.len())?;
     // With auth on, the source is the key's id: an event naming another is refused whole
@@ -291,8 +291,8 @@ pub(crate) async fn produce_each(
         .metrics
         .produce_latency
         .record(started.elapsed().as_secs_f64());
-    outcomes.resize(ids.len(), Outcome::NotSent);
-    let stored = outcomes.iter().filter(|o| **o == Outcome::Stored).count();
+    outcomes.resize(ids.len(), Delivery::NotSent);
+    let stored = outcomes.iter().filter(|o| **o == Delivery::Stored).count();
     if stored == ids.len() {
         state.metrics.accepted.increment(stored as u64);
         return Ok(Accepted { ids });
@@ -312,7 +312,7 @@ pub(crate) async fn produce_each(
     if let (true, Some(EnqueueError::QueueFull), 0) = (batch, &refused, sent) {
         return Err(ApiError::QueueFull { retry_after });
     }
-    let timed_out = outcomes.contains(&Outcome::Unknown);
+    let timed_out = outcomes.contains(&Delivery::Unknown);
     let (code, message) = if matches!(refused, Some(EnqueueError::QueueFull)) {
         (
             "queue_full",

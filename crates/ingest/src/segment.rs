@@ -24,13 +24,13 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use ess_core::event::Millis;
+use ess_core::wire::Millis;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::event::{self, EventError, Limits, Rejected};
+use crate::client_event::{self, EventError, EventLimits, Rejected};
 
 /// Namespace of the UUID v5 ids made from `messageId`s that are not UUIDs.
 pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5e6d_1c0a_7a3b_4c8e_9f21_0d4b_6a8e_e55e);
@@ -214,7 +214,7 @@ struct ContextPeek<'a> {
 
 /// What the whole request shares.
 struct Shared<'a, 'l> {
-    limits: &'l Limits,
+    limits: &'l EventLimits,
     sizes: &'l SizeLimits,
     received: Millis,
     sent_at: Option<Millis>,
@@ -225,7 +225,7 @@ struct Shared<'a, 'l> {
 pub fn parse<'a>(
     text: &'a str,
     route: Route,
-    limits: &Limits,
+    limits: &EventLimits,
     sizes: &SizeLimits,
     received: Millis,
 ) -> Result<Body<'a>, Rejected> {
@@ -568,13 +568,13 @@ fn optional_time(
 fn object_or_empty<'a>(
     field: &'static str,
     raw: Option<&'a RawValue>,
-    limits: &Limits,
+    limits: &EventLimits,
 ) -> Result<Cow<'a, RawValue>, EventError> {
     match raw {
         None => Ok(Cow::Owned(empty_object()?)),
         Some(raw) if raw.get() == "null" => Ok(Cow::Owned(empty_object()?)),
         Some(raw) => {
-            event::check_properties(raw, limits).map_err(|e| rename(e, field))?;
+            client_event::check_properties(raw, limits).map_err(|e| rename(e, field))?;
             Ok(Cow::Borrowed(raw))
         }
     }
@@ -584,17 +584,17 @@ fn object_or_empty<'a>(
 fn check_object(
     field: &'static str,
     raw: &RawValue,
-    limits: &Limits,
+    limits: &EventLimits,
     max: usize,
 ) -> Result<(), EventError> {
-    let limits = Limits {
+    let limits = EventLimits {
         max_properties_bytes: max,
         ..*limits
     };
-    event::check_properties(raw, &limits).map_err(|e| rename(e, field))
+    client_event::check_properties(raw, &limits).map_err(|e| rename(e, field))
 }
 
-/// Names `field` in an error that [`event::check_properties`] gave about `properties`.
+/// Names `field` in an error that [`client_event::check_properties`] gave about `properties`.
 fn rename(error: EventError, field: &'static str) -> EventError {
     if field == "properties" {
         return error;
@@ -671,7 +671,7 @@ fn peek(context: &RawValue) -> Result<(Option<IpAddr>, Option<String>), EventErr
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: EventLimits = EventLimits {
         max_type_len: 128,
         max_properties_bytes: 16 * 1024,
         max_depth: 8,

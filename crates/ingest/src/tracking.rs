@@ -22,15 +22,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use ess_core::config::{AuthMode, IngestConfig};
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::api::{ApiError, json_response};
 use crate::body::{self, BodyError};
+use crate::client_event;
 use crate::cors::{self, Cors, From};
-use crate::event;
 use crate::geoip::GeoIp;
 use crate::router::{AppState, produce_each};
 use crate::segment::{self, Call, Message, Route, SizeLimits};
@@ -150,7 +150,7 @@ async fn ingest(
     media_type(headers)?;
     let encoding = body::encoding(headers)?;
     let mut received_body = state.intake.receive(headers, body, encoding).await?;
-    let text = event::as_text(&received_body.bytes)?;
+    let text = client_event::as_text(&received_body.bytes)?;
     let received = Millis::now();
     let parsed = segment::parse(text, route, &state.limits, &state.tracking.sizes, received)?;
     let basic = crate::auth::basic_user(headers);
@@ -212,7 +212,7 @@ async fn ingest(
                 context: context
                     .as_deref()
                     .or(m.context.as_deref())
-                    .unwrap_or_else(ess_core::event::empty_object),
+                    .unwrap_or_else(ess_core::wire::empty_object),
                 ip: Cow::Borrowed(ip.as_str()),
                 user_agent: Cow::Borrowed(m.context_user_agent.as_deref().unwrap_or(&header_agent)),
             };

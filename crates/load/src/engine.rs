@@ -21,7 +21,9 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::generator::{Body, GenSettings, Generator};
 use crate::ids::{RunId, SeqSet, decode};
 use crate::plan::{Model, Plan};
-use crate::stats::{Collected, Done, LatencyMs, Limits, Live, LoadSummary, Outcome, collect};
+use crate::stats::{
+    Collected, Done, LatencyMs, Live, LoadSummary, RequestOutcome, RunLength, collect,
+};
 
 /// Everything one load run needs.
 #[derive(Debug, Clone)]
@@ -124,15 +126,15 @@ impl Sender {
                     let exchange = async {
                         let resp = self.client.request(req).await.map_err(|e| {
                             if e.is_connect() {
-                                Outcome::Connect
+                                RequestOutcome::Connect
                             } else {
-                                Outcome::Io
+                                RequestOutcome::Io
                             }
                         })?;
                         read(resp).await
                     };
                     match tokio::time::timeout(self.timeout, exchange).await {
-                        Err(_) => (Outcome::Timeout, Bytes::new()),
+                        Err(_) => (RequestOutcome::Timeout, Bytes::new()),
                         Ok(Err(outcome)) => (outcome, Bytes::new()),
                         Ok(Ok(done)) => done,
                     }
@@ -143,25 +145,28 @@ impl Sender {
                             *slot = Some(self.connect().await?);
                         }
                         let Some(Conn { sender, driver }) = slot.as_mut() else {
-                            return Err(Outcome::Connect);
+                            return Err(RequestOutcome::Connect);
                         };
                         // The connection is driven by this task, not one of its own: one
                         // wake-up per response instead of two.
                         let request = async {
-                            sender.ready().await.map_err(|_| Outcome::Io)?;
-                            let resp = sender.send_request(req).await.map_err(|_| Outcome::Io)?;
+                            sender.ready().await.map_err(|_| RequestOutcome::Io)?;
+                            let resp = sender
+                                .send_request(req)
+                                .await
+                                .map_err(|_| RequestOutcome::Io)?;
                             read(resp).await
                         };
                         tokio::select! {
                             biased;
                             done = request => done,
-                            _ = driver.as_mut() => Err(Outcome::Io),
+                            _ = driver.as_mut() => Err(RequestOutcome::Io),
                         }
                     };
                     match tokio::time::timeout(self.timeout, exchange).await {
                         Err(_) => {
                             *slot = None;
-                            (Outcome::Timeout, Bytes::new())
+                            (RequestOutcome::Timeout, Bytes::new())
                         }
                         Ok(Err(outcome)) => {
                             *slot = None;
@@ -171,7 +176,7 @@ impl Sender {
                     }
                 }
             },
-            Err(_) => (Outcome::Io, Bytes::new()),
+            Err(_) => (RequestOutcome::Io, Bytes::new()),
         };
         let latency_us = started.elapsed().as_micros() as u64;
         let accepted = if outcome.is_ok() {
@@ -189,14 +194,14 @@ impl Sender {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, Outcome> {
+    async fn connect(&self) -> Result<Conn, RequestOutcome> {
         let stream = tokio::net::TcpStream::connect(self.host.as_str())
             .await
-            .map_err(|_| Outcome::Connect)?;
+            .map_err(|_| RequestOutcome::Connect)?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|_| Outcome::Connect)?;
+            .map_err(|_| RequestOutcome::Connect)?;
         Ok(Conn {
             sender,
             driver: Box::pin(connection),
@@ -212,15 +217,17 @@ struct Conn {
     >,
 }
 
-async fn read(resp: hyper::Response<hyper::body::Incoming>) -> Result<(Outcome, Bytes), Outcome> {
+async fn read(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<(RequestOutcome, Bytes), RequestOutcome> {
     let status = resp.status().as_u16();
     let bytes = resp
         .into_body()
         .collect()
         .await
-        .map_err(|_| Outcome::Io)?
+        .map_err(|_| RequestOutcome::Io)?
         .to_bytes();
-    Ok((Outcome::Status(status), bytes))
+    Ok((RequestOutcome::Status(status), bytes))
 }
 
 /// Which of `sent` a 2xx reply accepted: all of them when the reply says so (or says nothing
@@ -286,7 +293,7 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<Vec<Done>>(65_536);
     let live = Arc::new(Live::default());
-    let limits = Limits {
+    let limits = RunLength {
         duration: end,
         events: opts.max_events,
     };
@@ -312,36 +319,26 @@ pub async fn run(
         tx,
         live,
     });
-    let started_ms = ess_core::event::Millis::now().0;
+    let started_ms = ess_core::wire::Millis::now().0;
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
     let deadline = end.map(|d| start + d);
 
-    let driver = {
-        let stop = stop.clone();
-        let plan = opts.plan.clone();
-        let generator = generator.clone();
-        let sender = sender.clone();
-        async move {
-            match plan.model {
-                Model::Open => {
-                    open_model(
-                        plan,
-                        generator,
-                        sender,
-                        batch,
-                        opts.max_inflight,
-                        start,
-                        deadline,
-                        stop,
-                    )
-                    .await
-                }
-                Model::Closed => {
-                    closed_model(plan, generator, sender, batch, start, deadline, stop).await
-                }
-            }
+    let drive = Drive {
+        plan: opts.plan.clone(),
+        generator: generator.clone(),
+        sender: sender.clone(),
+        batch,
+        start,
+        deadline,
+        stop: stop.clone(),
+    };
+    let max_inflight = opts.max_inflight;
+    let driver = async move {
+        match drive.plan.model {
+            Model::Open => drive.open_model(max_inflight).await,
+            Model::Closed => drive.closed_model().await,
         }
     };
     tokio::pin!(driver);
@@ -469,125 +466,135 @@ fn describe(plan: &Plan, unit: &str) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn open_model(
+/// What either model drives: the schedule, where the bodies come from and go, and when it
+/// ends.
+struct Drive {
     plan: Plan,
     generator: Arc<Generator>,
     sender: Arc<Sender>,
+    /// Events per request.
     batch: usize,
-    max_inflight: usize,
     start: Instant,
     deadline: Option<Instant>,
+    /// Set to end the run early (and by the closed model when it ends).
     stop: Arc<AtomicBool>,
-) {
-    let permits = Arc::new(Semaphore::new(max_inflight.max(1)));
-    let mut rng = SmallRng::from_os_rng();
-    let mut next = Duration::ZERO;
-    loop {
-        if stop.load(Ordering::Relaxed) || generator.exhausted() {
-            break;
-        }
-        let intended = start + next;
-        if deadline.is_some_and(|d| intended >= d) {
-            break;
-        }
-        let rate = plan.target_at(next);
-        if rate < 1e-6 {
-            next += Duration::from_millis(10);
-            tokio::time::sleep_until(intended.into()).await;
-            continue;
-        }
-        if intended > Instant::now() + Duration::from_micros(500) {
-            tokio::time::sleep_until(intended.into()).await;
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let Some(body) = generator.body(batch, batch > 1, &mut rng) else {
-            break;
-        };
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            let done = sender.send(body, intended, None).await;
-            drop(permit);
-            let _ = sender.tx.send(vec![done]).await;
-        });
-        next += Duration::from_secs_f64(1.0 / rate);
-    }
-    // Wait for every request in flight.
-    let _ = permits.acquire_many(max_inflight.max(1) as u32).await;
 }
 
-async fn closed_model(
-    plan: Plan,
-    generator: Arc<Generator>,
-    sender: Arc<Sender>,
-    batch: usize,
-    start: Instant,
-    deadline: Option<Instant>,
-    stop: Arc<AtomicBool>,
-) {
-    let peak = plan.peak().ceil().max(1.0) as usize;
-    let desired = Arc::new(AtomicUsize::new(
-        plan.target_at(Duration::ZERO).round() as usize
-    ));
-    let mut workers = Vec::with_capacity(peak);
-    for i in 0..peak {
-        let (generator, sender, desired, stop) = (
-            generator.clone(),
-            sender.clone(),
-            desired.clone(),
-            stop.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut rng = SmallRng::from_os_rng();
-            let mut conn = None;
-            // Results go to the collector in small batches: one wake-up per batch, not per
-            // request, keeps the generator's own cost low.
-            let mut done = Vec::with_capacity(64);
-            let mut flushed = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                if i >= desired.load(Ordering::Relaxed) {
-                    if !done.is_empty() {
-                        let _ = sender.tx.send(std::mem::take(&mut done)).await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                let Some(body) = generator.body(batch, batch > 1, &mut rng) else {
-                    break;
-                };
-                done.push(sender.send(body, Instant::now(), Some(&mut conn)).await);
-                if done.len() >= 64 || flushed.elapsed() >= Duration::from_millis(50) {
-                    let _ = sender
-                        .tx
-                        .send(std::mem::replace(&mut done, Vec::with_capacity(64)))
-                        .await;
-                    flushed = Instant::now();
-                }
+impl Drive {
+    /// Open model: requests start on the plan's schedule, at most `max_inflight` at a time.
+    async fn open_model(self, max_inflight: usize) {
+        let permits = Arc::new(Semaphore::new(max_inflight.max(1)));
+        let mut rng = SmallRng::from_os_rng();
+        let mut next = Duration::ZERO;
+        loop {
+            if self.stop.load(Ordering::Relaxed) || self.generator.exhausted() {
+                break;
             }
-            if !done.is_empty() {
-                let _ = sender.tx.send(done).await;
+            let intended = self.start + next;
+            if self.deadline.is_some_and(|d| intended >= d) {
+                break;
             }
-        }));
-    }
-    loop {
-        let now = Instant::now();
-        if stop.load(Ordering::Relaxed)
-            || generator.exhausted()
-            || deadline.is_some_and(|d| now >= d)
-        {
-            stop.store(true, Ordering::Relaxed);
-            break;
+            let rate = self.plan.target_at(next);
+            if rate < 1e-6 {
+                next += Duration::from_millis(10);
+                tokio::time::sleep_until(intended.into()).await;
+                continue;
+            }
+            if intended > Instant::now() + Duration::from_micros(500) {
+                tokio::time::sleep_until(intended.into()).await;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let Some(body) = self.generator.body(self.batch, self.batch > 1, &mut rng) else {
+                break;
+            };
+            let sender = self.sender.clone();
+            tokio::spawn(async move {
+                let done = sender.send(body, intended, None).await;
+                drop(permit);
+                let _ = sender.tx.send(vec![done]).await;
+            });
+            next += Duration::from_secs_f64(1.0 / rate);
         }
-        desired.store(
-            plan.target_at(now - start).round() as usize,
-            Ordering::Relaxed,
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Wait for every request in flight.
+        let _ = permits.acquire_many(max_inflight.max(1) as u32).await;
     }
-    for w in workers {
-        let _ = w.await;
+
+    /// Closed model: as many connections as the plan says, each sending its next request when
+    /// the previous one is answered.
+    async fn closed_model(self) {
+        let Drive {
+            plan,
+            generator,
+            sender,
+            batch,
+            start,
+            deadline,
+            stop,
+        } = self;
+        let peak = plan.peak().ceil().max(1.0) as usize;
+        let desired = Arc::new(AtomicUsize::new(
+            plan.target_at(Duration::ZERO).round() as usize
+        ));
+        let mut workers = Vec::with_capacity(peak);
+        for i in 0..peak {
+            let (generator, sender, desired, stop) = (
+                generator.clone(),
+                sender.clone(),
+                desired.clone(),
+                stop.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                let mut rng = SmallRng::from_os_rng();
+                let mut conn = None;
+                // Results go to the collector in small batches: one wake-up per batch, not per
+                // request, keeps the generator's own cost low.
+                let mut done = Vec::with_capacity(64);
+                let mut flushed = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    if i >= desired.load(Ordering::Relaxed) {
+                        if !done.is_empty() {
+                            let _ = sender.tx.send(std::mem::take(&mut done)).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    let Some(body) = generator.body(batch, batch > 1, &mut rng) else {
+                        break;
+                    };
+                    done.push(sender.send(body, Instant::now(), Some(&mut conn)).await);
+                    if done.len() >= 64 || flushed.elapsed() >= Duration::from_millis(50) {
+                        let _ = sender
+                            .tx
+                            .send(std::mem::replace(&mut done, Vec::with_capacity(64)))
+                            .await;
+                        flushed = Instant::now();
+                    }
+                }
+                if !done.is_empty() {
+                    let _ = sender.tx.send(done).await;
+                }
+            }));
+        }
+        loop {
+            let now = Instant::now();
+            if stop.load(Ordering::Relaxed)
+                || generator.exhausted()
+                || deadline.is_some_and(|d| now >= d)
+            {
+                stop.store(true, Ordering::Relaxed);
+                break;
+            }
+            desired.store(
+                plan.target_at(now - start).round() as usize,
+                Ordering::Relaxed,
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for w in workers {
+            let _ = w.await;
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ess_core::event::Millis;
+use ess_core::wire::Millis;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

@@ -17,7 +17,7 @@ use crate::plan::Model;
 
 /// How one request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// The server answered with this status.
     Status(u16),
     /// No complete answer within the request timeout.
@@ -28,19 +28,19 @@ pub enum Outcome {
     Io,
 }
 
-impl Outcome {
+impl RequestOutcome {
     /// Whether the server accepted the request (2xx).
     pub fn is_ok(self) -> bool {
-        matches!(self, Outcome::Status(s) if (200..300).contains(&s))
+        matches!(self, RequestOutcome::Status(s) if (200..300).contains(&s))
     }
 
     /// How it is counted: the status code, or `timeout`, `connect_error`, `io_error`.
     pub fn label(self) -> String {
         match self {
-            Outcome::Status(s) => s.to_string(),
-            Outcome::Timeout => "timeout".into(),
-            Outcome::Connect => "connect_error".into(),
-            Outcome::Io => "io_error".into(),
+            RequestOutcome::Status(s) => s.to_string(),
+            RequestOutcome::Timeout => "timeout".into(),
+            RequestOutcome::Connect => "connect_error".into(),
+            RequestOutcome::Io => "io_error".into(),
         }
     }
 }
@@ -52,7 +52,7 @@ pub struct Done {
     /// (closed model) to the end of the response body.
     pub latency_us: u64,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: RequestOutcome,
     /// Events in the request.
     pub events: u32,
     /// Of those, re-sends of earlier events.
@@ -174,7 +174,7 @@ pub struct Live {
 
 /// What the progress line needs to say how much is left.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct RunLength {
     /// Planned length.
     pub duration: Option<Duration>,
     /// Event limit.
@@ -211,7 +211,7 @@ fn histogram() -> Histogram<u64> {
 pub async fn collect(
     mut rx: mpsc::Receiver<Vec<Done>>,
     live: Arc<Live>,
-    limits: Limits,
+    limits: RunLength,
     progress: bool,
     run: RunId,
 ) -> Collected {
@@ -226,7 +226,7 @@ pub async fn collect(
         resent: 0,
         accepted: SeqSet::new(),
     };
-    let mut outcomes: std::collections::HashMap<Outcome, u64> = Default::default();
+    let mut outcomes: std::collections::HashMap<RequestOutcome, u64> = Default::default();
     let mut second = SecondStats::default();
     let mut second_hist = histogram();
     let mut recent = histogram();
@@ -312,7 +312,7 @@ fn progress_line(
     c: &Collected,
     recent: &Histogram<u64>,
     live: &Live,
-    limits: Limits,
+    limits: RunLength,
     elapsed: Duration,
     run: RunId,
 ) -> String {
@@ -473,17 +473,17 @@ mod tests {
     async fn the_collector_counts_every_outcome() {
         let (tx, rx) = mpsc::channel(16);
         let live = Arc::new(Live::default());
-        let limits = Limits {
+        let limits = RunLength {
             duration: None,
             events: None,
         };
         let handle = tokio::spawn(collect(rx, live, limits, false, RunId::random()));
         for (i, outcome) in [
-            Outcome::Status(202),
-            Outcome::Status(202),
-            Outcome::Status(429),
-            Outcome::Timeout,
-            Outcome::Connect,
+            RequestOutcome::Status(202),
+            RequestOutcome::Status(202),
+            RequestOutcome::Status(429),
+            RequestOutcome::Timeout,
+            RequestOutcome::Connect,
         ]
         .into_iter()
         .enumerate()

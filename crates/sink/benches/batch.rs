@@ -4,8 +4,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ess_core::event::{Millis, WireEvent};
-use ess_sink::batch::{Builder, Limits};
+use ess_core::wire::{Millis, WireEvent};
+use ess_sink::batch::{BatchLimits, Builder};
 use ess_sink::encode::encode_row;
 use serde_json::value::RawValue;
 
@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("assemble_and_seal_batch", |b| {
-        let limits = Limits {
+        let limits = BatchLimits {
             rows: ROWS * 2,
             bytes: 64 << 20,
             max_wait: Duration::from_secs(60),

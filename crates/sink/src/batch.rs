@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ess_core::event::WireEvent;
+use ess_core::wire::WireEvent;
 
 use crate::encode::encode_row;
 use crate::shard::Sharding;
@@ -161,7 +161,7 @@ impl Batch {
 
 /// When a batch is cut.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct BatchLimits {
     /// Rows.
     pub rows: usize,
     /// Encoded bytes.
@@ -196,7 +196,7 @@ struct Open {
 /// Builds batches one message at a time.
 #[derive(Debug)]
 pub struct Builder {
-    limits: Limits,
+    limits: BatchLimits,
     /// With direct writes, rows are encoded straight into their shard's part.
     sharding: Option<Sharding>,
     open: Open,
@@ -205,7 +205,7 @@ pub struct Builder {
 
 impl Builder {
     /// An empty builder; with `sharding`, each batch has one part per shard.
-    pub fn new(limits: Limits, sharding: Option<Sharding>) -> Self {
+    pub fn new(limits: BatchLimits, sharding: Option<Sharding>) -> Self {
         let mut builder = Self {
             limits,
             sharding,
@@ -367,8 +367,8 @@ mod tests {
         .into_bytes()
     }
 
-    fn limits(rows: usize) -> Limits {
-        Limits {
+    fn limits(rows: usize) -> BatchLimits {
+        BatchLimits {
             rows,
             bytes: 1 << 20,
             max_wait: Duration::from_millis(500),
@@ -448,7 +448,7 @@ mod tests {
             let json = event_json(i as usize, 1);
             let mut e = WireEvent::from_json(&json).unwrap();
             let month = (i * 7) % 250;
-            e.timestamp = ess_core::event::Millis(month * 31 * 86_400_000 + i);
+            e.timestamp = ess_core::wire::Millis(month * 31 * 86_400_000 + i);
             b.push_event(&e, 0, i, now);
             expected.push(month_of(e.timestamp.0));
         }

@@ -16,20 +16,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::batch::{Batch, Builder, DeadLetter, Limits};
+use crate::batch::{Batch, BatchLimits, Builder, DeadLetter};
 use crate::lease::Lease;
+use crate::monitoring::Health;
 use crate::offsets::Tracker;
 use crate::reconcile::{Held, Reconciler, Stored};
-use crate::server::Health;
 use crate::shard::Sharding;
-use crate::writer::{Ack, Outcome};
+use crate::writer::{Ack, BatchOutcome};
 
 /// Everything the poll loop needs.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub struct LoopConfig {
     /// The events topic.
     pub topic: String,
     /// Batch limits.
-    pub limits: Limits,
+    pub limits: BatchLimits,
     /// With direct writes, how rows are split by shard as they are encoded.
     pub sharding: Option<Sharding>,
     /// Longest wait on revoke.
@@ -218,7 +218,7 @@ impl State {
     }
 
     fn apply(&mut self, ack: Ack, moved: &mut BTreeMap<i32, i64>) {
-        if ack.outcome == Outcome::Stored {
+        if ack.outcome == BatchOutcome::Stored {
             for (p, next) in self.tracker.stored(ack.batch, &ack.ranges) {
                 if self.parts.contains_key(&p) {
                     moved.insert(p, next);

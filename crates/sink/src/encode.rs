@@ -6,8 +6,8 @@
 //! `String` are both a LEB128 length followed by the bytes, and a `UUID` is its two big-endian
 //! halves each written as a little-endian `UInt64`.
 
-use ess_core::event::{Millis, WireEvent};
 use ess_core::schema::EventRow;
+use ess_core::wire::{Millis, WireEvent};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 

@@ -25,18 +25,19 @@
 //! - [`classify`]: retry / don't-retry for ClickHouse errors.
 //! - [`offsets`]: which offsets may be committed.
 //! - [`reconcile`]: on assignment, which offsets are already stored.
-//! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`monitoring`]: the monitoring endpoints `/metrics`, `/healthz`, `/readyz`, and the
+//!   [`monitoring::Health`] the poll loop writes for them.
 
 pub mod batch;
 pub mod classify;
 pub mod consumer;
 pub mod encode;
 pub mod lease;
+pub mod monitoring;
 pub mod nodes;
 pub mod offsets;
 pub mod query_id;
 pub mod reconcile;
-pub mod server;
 pub mod shard;
 pub mod writer;
 
@@ -48,12 +49,12 @@ use anyhow::Context as _;
 use ess_core::config::{Config, WritePath};
 use rdkafka::producer::FutureProducer;
 
-use crate::batch::Limits;
+use crate::batch::BatchLimits;
 use crate::consumer::{Links, LoopConfig};
 use crate::lease::Lease;
+use crate::monitoring::Health;
 use crate::nodes::Nodes;
 use crate::reconcile::Reconciler;
-use crate::server::Health;
 use crate::shard::{Layout, LayoutError, Sharding};
 use crate::writer::{Target, Writer, WriterParts};
 
@@ -148,7 +149,7 @@ pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    server::prometheus();
+    monitoring::prometheus();
     let ch = &config.clickhouse;
     // Validation off: this sink sends plain RowBinary it encodes itself and reads tuples of
     // integers, which every server version understands (18.16 lacks what validation uses).
@@ -256,7 +257,7 @@ async fn serve(
         })?;
     let bound = listener.local_addr().context("listen address")?;
     tracing::info!(addr = %bound, "sink metrics and health listening");
-    let app = server::app(health.clone());
+    let app = monitoring::app(health.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -376,7 +377,7 @@ async fn consume(
     let loop_config = LoopConfig {
         consumer: consumer_config(&config),
         topic: config.kafka.topic.clone(),
-        limits: Limits {
+        limits: BatchLimits {
             rows: config.sink.batch_rows,
             bytes: config.sink.batch_bytes,
             max_wait: config.sink.batch_max_wait,
@@ -397,6 +398,10 @@ async fn consume(
     };
     let polled = tokio::task::spawn_blocking(move || consumer::poll_loop(loop_config, links)).await;
     stopper.abort();
+    // The poll loop returns once every batch is stored or `shutdown_timeout` has passed. An
+    // insert still running then is abandoned (the next owner's fence and reconciliation cover
+    // it): waiting for it would hold the exit for up to `clickhouse.timeout` per replica.
+    dispatcher.abort();
     let _ = dispatcher.await;
     polled.context("poll loop panicked")?
 }

@@ -22,7 +22,7 @@ use crate::shard::Sharding;
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum BatchOutcome {
     /// Rows stored and dead letters acknowledged: the offsets may be committed.
     Stored,
     /// Given up because its partitions were revoked or the sink is stopping; nothing may be
@@ -38,7 +38,7 @@ pub struct Ack {
     /// Its partition ranges.
     pub ranges: std::collections::BTreeMap<i32, (i64, i64)>,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: BatchOutcome,
 }
 
 /// Where and how inserts go.
@@ -189,12 +189,12 @@ impl Writer {
             });
         let outcome = match dead {
             Some(dead) if self.send_dead(&batch, batch.dead.iter().chain(&dead)).await => {
-                Outcome::Stored
+                BatchOutcome::Stored
             }
-            _ => Outcome::Abandoned,
+            _ => BatchOutcome::Abandoned,
         };
-        if outcome == Outcome::Stored {
-            let now = ess_core::event::Millis::now().0;
+        if outcome == BatchOutcome::Stored {
+            let now = ess_core::wire::Millis::now().0;
             metrics::counter!("ess_sink_rows_total").increment(batch.rows() as u64);
             metrics::counter!("ess_sink_batches_total").increment(1);
             metrics::histogram!("ess_sink_batch_rows").record(batch.rows() as f64);

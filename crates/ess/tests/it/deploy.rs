@@ -455,7 +455,7 @@ async fn dashboard_and_alerts_name_only_metrics_a_running_ingest_and_sink_export
             metric_names(rule["expr"].as_str().unwrap(), &mut alerts);
         }
     }
-    let sources: String = ["ingest/src/metrics.rs", "sink/src/server.rs"]
+    let sources: String = ["ingest/src/metrics.rs", "sink/src/monitoring.rs"]
         .iter()
         .map(|f| {
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(f))

@@ -115,7 +115,7 @@ async fn acknowledged_events_are_in_the_topic_once_with_their_fields() {
         raw.contains(r#""properties":{"path":"/é","n":[1,2.5,null],"deep":{"a":{"b":true}}}"#),
         "{raw}"
     );
-    let event = ess_core::event::WireEvent::from_json(&full.raw).expect("the sink can read it");
+    let event = ess_core::wire::WireEvent::from_json(&full.raw).expect("the sink can read it");
     assert_eq!(full.timestamp_ms, Some(event.ingest_time.0));
     assert_eq!(full.schema_header.as_deref(), Some("1"));
     let ingest_time = v["ingest_time"].as_str().expect("ingest_time");

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ess_core::config::Config;
-use ess_core::event::Millis;
 use ess_core::schema::{COLUMN_NAMES, EventRow};
+use ess_core::wire::Millis;
 use ess_testkit::{Ephemeral, eventually};
 use serde_json::Value;
 use tokio::sync::oneshot;

@@ -5,72 +5,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ess_core::config::{Config, Profile, StackConfig};
-use ess_stack::Stack;
+use ess_core::config::Config;
 
+use crate::private::*;
 use crate::support::*;
 
 const OUTAGE: Duration = Duration::from_secs(30);
-
-/// A private stack on ports from `base`, a configuration with names of the test's own on it
-/// (merges of its table stopped), and the guard that takes the stack down.
-async fn private_stack(base: u16, name: &str, partitions: i32) -> (Stack, Config, DownOnDrop) {
-    let dir = std::env::temp_dir().join(ess_testkit::unique(name));
-    let stack = Stack::new(&StackConfig {
-        profile: Profile::Cluster,
-        state_dir: dir.clone(),
-        zookeeper_port: base + 181,
-        clickhouse_http_port: base + 200,
-        clickhouse_tcp_port: base + 300,
-        clickhouse_interserver_port: base + 400,
-        broker_port: base + 92,
-        ..StackConfig::default()
-    });
-    init_logs();
-    let down = DownOnDrop(stack.clone(), dir.clone());
-    // `up` is idempotent; a second call covers a service wrongly seen as exited right after
-    // its start (see `start` below).
-    let mut up = stack.up().await;
-    for _ in 0..3 {
-        if up.is_ok() {
-            break;
-        }
-        up = stack.up().await;
-    }
-    up.expect("private stack up");
-    let config = private_config(base, name, partitions).await;
-    (stack, config, down)
-}
-
-/// Names of the test's own on the private stack at `base`, migrated, merges stopped.
-async fn private_config(base: u16, name: &str, partitions: i32) -> Config {
-    let mut config = ess_testkit::stack_config();
-    let name = ess_testkit::unique(&name.replace('-', "_"));
-    config.kafka.brokers = format!("127.0.0.1:{}", base + 92);
-    config.kafka.topic = format!("{name}.events");
-    config.kafka.dlq_topic = format!("{name}.dlq");
-    config.kafka.partitions = partitions;
-    config.clickhouse.url = format!("http://127.0.0.1:{}", base + 200);
-    config.clickhouse.nodes = (0..4)
-        .map(|i| format!("http://127.0.0.1:{}", base + 200 + i))
-        .collect();
-    config.clickhouse.database = name.clone();
-    config.sink.group_id = format!("{name}.sink");
-    let config = test_config(config);
-    ess_core::migrate::run(&config).await.expect("migrate");
-    stop_merges(&config).await;
-    config
-}
-
-/// The pid of a running service of the stack.
-fn pid_of(stack: &Stack, name: &str) -> u32 {
-    stack
-        .status()
-        .into_iter()
-        .find(|s| s.name == name)
-        .and_then(|s| s.pid)
-        .unwrap_or_else(|| panic!("{name} runs"))
-}
 
 #[tokio::test]
 async fn replica_and_whole_cluster_outages_lose_nothing_and_keep_the_group() {
@@ -88,7 +28,7 @@ async fn replica_and_whole_cluster_outages_lose_nothing_and_keep_the_group() {
     assert!(stack.stop_service("clickhouse-3").await.expect("stop"));
     produce(&config, &producer, 5_000, 5_000).await;
     tokio::time::sleep(OUTAGE).await;
-    start(&stack, "clickhouse-3").await;
+    start_node(&stack, "clickhouse-3").await;
     assert_eq!(
         wait_for_rows(&config, 10_000, Duration::from_secs(90)).await,
         (10_000, 10_000)
@@ -119,7 +59,7 @@ async fn replica_and_whole_cluster_outages_lose_nothing_and_keep_the_group() {
         "the poll loop kept going while the cluster was down"
     );
     for n in names {
-        start(&stack, n).await;
+        start_node(&stack, n).await;
     }
     assert_eq!(
         wait_for_rows(&config, 15_000, Duration::from_secs(120)).await,
@@ -155,22 +95,6 @@ fn steady_load(
         }
         sent
     })
-}
-
-/// Raw rows in the local table of node `index` (1-based).
-async fn rows_on(config: &Config, index: usize) -> u64 {
-    let url = &config.clickhouse.nodes[index - 1];
-    let client = ess_core::clickhouse::client(&config.clickhouse, url)
-        .with_validation(false)
-        .with_database(&config.clickhouse.database);
-    client
-        .query(&format!(
-            "SELECT count() FROM {}",
-            config.clickhouse.local_table()
-        ))
-        .fetch_one::<u64>()
-        .await
-        .expect("local count")
 }
 
 #[tokio::test]
@@ -228,18 +152,6 @@ async fn a_frozen_replica_does_not_stop_its_shard_and_loses_nothing() {
     assert_eq!(committed_total(&config, 4), total as i64);
 }
 
-/// SIGCONT for a frozen server however the test ends.
-struct Thaw(u32);
-
-impl Drop for Thaw {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .arg("-CONT")
-            .arg(self.0.to_string())
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn the_fence_waits_for_a_node_it_cannot_ask_and_for_its_running_insert() {
     let (stack, mut config, _down) = private_stack(25500, "sink-fence", 1).await;
@@ -251,7 +163,7 @@ async fn the_fence_waits_for_a_node_it_cannot_ask_and_for_its_running_insert() {
 
     // An earlier owner's insert of the event at offset 0, still running on node 2 (shard 1)
     // under the sink's query id for partition 0: INSERT … SELECT that sleeps ~24 s.
-    let event = ess_core::event::WireEvent::from_json(&json).expect("json");
+    let event = ess_core::wire::WireEvent::from_json(&json).expect("json");
     let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
     let sql = format!(
         "INSERT INTO {db}.{table} ({cols}) SELECT toUUID('{id}'), 'page_view', 'it', '', '', '', '', '{{}}', \
@@ -371,7 +283,7 @@ async fn with_insert_quorum_nothing_is_acknowledged_while_a_replica_is_away() {
         "nothing acknowledged, nothing committed"
     );
 
-    start(&stack, "clickhouse-3").await;
+    start_node(&stack, "clickhouse-3").await;
     assert_eq!(
         wait_for_rows(&on, 2_000, Duration::from_secs(90)).await,
         (2_000, 2_000)
@@ -380,62 +292,4 @@ async fn with_insert_quorum_nothing_is_acknowledged_while_a_replica_is_away() {
     sink.stop().await.expect("stop");
     assert_eq!(counts(&on).await, (2_000, 2_000));
     assert_eq!(committed_total(&on, 2), 2_000);
-}
-
-/// Starts a stopped ClickHouse server and waits until it answers. `start_service` can report
-/// a server that is in fact starting as exited (its liveness check reads the command line
-/// of a child that has not exec'd yet), so on an error wait for the port instead of starting
-/// a second instance.
-async fn start(stack: &Stack, name: &str) {
-    let Err(e) = stack.start_service(name).await else {
-        return;
-    };
-    let index: u16 = name
-        .trim_start_matches("clickhouse-")
-        .parse()
-        .expect("clickhouse-N");
-    let url = format!(
-        "http://127.0.0.1:{}",
-        stack.config().clickhouse_http_port + index - 1
-    );
-    ess_testkit::eventually(
-        Duration::from_secs(60),
-        &format!("{name} answers ({e})"),
-        || {
-            let url = url.clone();
-            async move {
-                clickhouse::Client::default()
-                    .with_url(url)
-                    .with_validation(false)
-                    .query("SELECT 1")
-                    .fetch_one::<u8>()
-                    .await
-                    .ok()
-            }
-        },
-    )
-    .await;
-}
-
-/// Stops the private stack and removes its directory however the test ends (a panic
-/// included).
-struct DownOnDrop(Stack, std::path::PathBuf);
-
-impl Drop for DownOnDrop {
-    fn drop(&mut self) {
-        let stack = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(stack.down());
-            }
-        })
-        .join();
-        // Keep the servers' logs when the test failed.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
 }

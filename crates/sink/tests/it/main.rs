@@ -5,5 +5,8 @@ mod faults;
 mod member;
 mod modern;
 mod pipeline;
+mod private;
 mod rebalance;
+mod reconcile;
 mod support;
+mod timeouts;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use ess_core::clickhouse::Flavor;
 use ess_core::config::ClickHouseConfig;
-use ess_core::event::WireEvent;
 use ess_core::schema::Schema;
-use ess_sink::batch::{Builder, Limits};
+use ess_core::wire::WireEvent;
+use ess_sink::batch::{BatchLimits, Builder};
 use ess_sink::classify::{Disposition, classify};
 
 use crate::support::event_json_at;
@@ -19,7 +19,7 @@ use crate::support::event_json_at;
 fn current_clickhouse_refuses_a_block_over_130_months_and_takes_the_sinks_split() {
     // 1,300 rows over 130 months, encoded by the sink's own builder.
     let mut builder = Builder::new(
-        Limits {
+        BatchLimits {
             rows: 100_000,
             bytes: 1 << 24,
             max_wait: Duration::from_secs(1),

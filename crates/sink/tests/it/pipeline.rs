@@ -37,7 +37,7 @@ async fn every_event_is_stored_once_with_exact_columns_and_offsets_committed() {
     let (id, json) = event_json(7);
     produce_raw(&config, &producer, 2, &id.to_string(), &json).await;
     wait_for_rows(&config, 20_001, Duration::from_secs(30)).await;
-    let sent = ess_core::event::WireEvent::from_json(&json).expect("json");
+    let sent = ess_core::wire::WireEvent::from_json(&json).expect("json");
     let client = eph.client(&config.clickhouse.url).await;
     let schema = &eph.migrated.schema;
     let row: EventRow = client
@@ -209,7 +209,7 @@ async fn insert_at_offsets(eph: &Ephemeral, config: &Config, events: &[Vec<u8>])
     let client = eph.client(&config.clickhouse.url).await;
     let mut data = Vec::new();
     for (offset, json) in events.iter().enumerate() {
-        let event = ess_core::event::WireEvent::from_json(json).expect("json");
+        let event = ess_core::wire::WireEvent::from_json(json).expect("json");
         ess_sink::encode::encode_row(&mut data, &event, 1, 0, offset as i64);
     }
     let mut insert = client
@@ -315,7 +315,7 @@ async fn rows_clickhouse_refuses_go_to_the_dead_letter_topic_and_the_rest_is_sto
     let mut poison = Vec::new();
     for i in 0..600u64 {
         let source = if i % 200 == 77 { "poison" } else { "it" };
-        let (id, json) = event_json_at(i, source, ess_core::event::Millis::now().0);
+        let (id, json) = event_json_at(i, source, ess_core::wire::Millis::now().0);
         if source == "poison" {
             poison.push(id);
         }
@@ -346,7 +346,7 @@ async fn rows_clickhouse_refuses_go_to_the_dead_letter_topic_and_the_rest_is_sto
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        let event = ess_core::event::WireEvent::from_json(msg.payload().unwrap_or_default())
+        let event = ess_core::wire::WireEvent::from_json(msg.payload().unwrap_or_default())
             .expect("a dead letter of a refused row is the event as JSON");
         assert!(reason.contains("clickhouse refused"), "{reason}");
         assert_eq!(msg.key(), Some(event.id.to_string().as_bytes()));

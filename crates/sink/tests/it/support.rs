@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ess_core::config::Config;
-use ess_core::event::{Millis, WireEvent};
+use ess_core::wire::{Millis, WireEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -128,7 +128,7 @@ impl InProcess {
         }
     }
 
-    pub fn health(&self) -> &ess_sink::server::Health {
+    pub fn health(&self) -> &ess_sink::monitoring::Health {
         &self.running.health
     }
 
@@ -312,6 +312,18 @@ pub fn committed_total(config: &Config, partitions: i32) -> i64 {
         .sum()
 }
 
+/// Waits until the group's committed offsets add up to `n` over `partitions` partitions.
+pub async fn wait_for_committed(config: &Config, partitions: i32, n: u64, timeout: Duration) {
+    ess_testkit::eventually(timeout, &format!("{n} offsets committed"), || async {
+        let config = config.clone();
+        let committed = tokio::task::spawn_blocking(move || committed_total(&config, partitions))
+            .await
+            .ok()?;
+        (committed == n as i64).then_some(())
+    })
+    .await;
+}
+
 /// Set in a child process of the test binary to the config file of the sink it runs.
 const CHILD_CONFIG: &str = "ESS_IT_CHILD_SINK_CONFIG";
 
@@ -359,21 +371,38 @@ impl ChildSink {
     }
 
     /// SIGTERM, then waits for the exit; returns whether it exited successfully.
-    pub async fn stop(mut self) -> bool {
+    pub async fn stop(self) -> bool {
+        self.terminate().await.success
+    }
+
+    /// SIGTERM, then waits (at most 3 minutes) for the exit.
+    pub async fn terminate(mut self) -> Exit {
         self.signal("TERM");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let sent = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.success();
+                return Exit {
+                    success: status.success(),
+                    took: sent.elapsed(),
+                };
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                sent.elapsed() < Duration::from_secs(180),
                 "child sink did not stop; log: {}",
                 self.log.display()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// How a [`ChildSink`] ended.
+#[derive(Debug)]
+pub struct Exit {
+    /// Exit status 0.
+    pub success: bool,
+    /// From SIGTERM to the exit.
+    pub took: Duration,
 }
 
 impl Drop for ChildSink {

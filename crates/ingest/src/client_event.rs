@@ -10,20 +10,25 @@
 //! disappears silently. `user_id` and `anonymous_id` follow the rules of `type` and `source`
 //! except that empty means absent; `context` follows those of `properties` (an object, within
 //! the same size and depth limits, without duplicate keys).
+//!
+//! The serde seeds that do the reading are in `seeds`; this module holds the event, the
+//! limits, the refusals and the checks.
+
+mod seeds;
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::HashSet;
-use std::fmt;
 
-use ess_core::event::Millis;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use ess_core::wire::Millis;
+use serde::de::{DeserializeSeed, IgnoredAny};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use seeds::{ArraySeed, EventSeed, TOO_MANY, Walk};
+
 /// What the validator enforces.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct EventLimits {
     /// Longest `type` and `source`, in bytes.
     pub max_type_len: usize,
     /// Largest `properties`, in bytes of JSON text.
@@ -214,12 +219,12 @@ pub fn as_text(body: &[u8]) -> Result<&str, Rejected> {
 }
 
 /// Reads the body of `POST /v1/events`: exactly one event object.
-pub fn parse_single<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, Rejected> {
+pub fn parse_single<'a>(text: &'a str, limits: &EventLimits) -> Result<Event<'a>, Rejected> {
     parse_event(text, limits).map_err(|error| Rejected { index: None, error })
 }
 
 /// Reads the body of `POST /v1/events/batch` sent as a JSON array.
-pub fn parse_array<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>, Rejected> {
+pub fn parse_array<'a>(text: &'a str, limits: &EventLimits) -> Result<Vec<Event<'a>>, Rejected> {
     let body_error = |error| Rejected { index: None, error };
     if first_byte(text) != Some(b'[') {
         return Err(body_error(if first_byte(text).is_none() {
@@ -261,7 +266,7 @@ pub fn parse_array<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>,
 }
 
 /// Reads the body of `POST /v1/events/batch` sent as NDJSON: one event per non-blank line.
-pub fn parse_ndjson<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Event<'a>>, Rejected> {
+pub fn parse_ndjson<'a>(text: &'a str, limits: &EventLimits) -> Result<Vec<Event<'a>>, Rejected> {
     let mut events = Vec::new();
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -293,37 +298,6 @@ fn first_byte(text: &str) -> Option<u8> {
     text.bytes().find(|b| !b.is_ascii_whitespace())
 }
 
-const TOO_MANY: &str = "ess: too many events";
-
-/// Reads `[raw, raw, …]`, stopping as soon as there are more than `max`.
-struct ArraySeed {
-    max: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for ArraySeed {
-    type Value = Vec<&'de RawValue>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ArraySeed {
-    type Value = Vec<&'de RawValue>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of events")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(self.max));
-        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
-            if out.len() == self.max {
-                return Err(de::Error::custom(TOO_MANY));
-            }
-            out.push(raw);
-        }
-        Ok(out)
-    }
-}
-
 /// Maps a serde_json error that was not ours to an [`EventError`].
 fn json_error(e: &serde_json::Error, max_depth: usize) -> EventError {
     let text = e.to_string();
@@ -335,7 +309,7 @@ fn json_error(e: &serde_json::Error, max_depth: usize) -> EventError {
 }
 
 /// Reads one event object from its text.
-fn parse_event<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, EventError> {
+fn parse_event<'a>(text: &'a str, limits: &EventLimits) -> Result<Event<'a>, EventError> {
     match first_byte(text) {
         Some(b'{') => {}
         None => return Err(EventError::Json("the body is empty".into())),
@@ -366,7 +340,7 @@ fn parse_event<'a>(text: &'a str, limits: &Limits) -> Result<Event<'a>, EventErr
     Ok(event)
 }
 
-fn check_event(event: &Event<'_>, limits: &Limits) -> Result<(), EventError> {
+fn check_event(event: &Event<'_>, limits: &EventLimits) -> Result<(), EventError> {
     check_name("type", &event.kind, limits.max_type_len)?;
     if let Some(source) = &event.source {
         check_name("source", source, limits.max_type_len)?;
@@ -395,7 +369,7 @@ fn check_event(event: &Event<'_>, limits: &Limits) -> Result<(), EventError> {
 }
 
 /// `context` is held to the rules of `properties`, under its own name.
-fn check_context(context: &RawValue, limits: &Limits) -> Result<(), EventError> {
+fn check_context(context: &RawValue, limits: &EventLimits) -> Result<(), EventError> {
     check_properties(context, limits).map_err(|e| match e {
         EventError::Invalid { reason, .. } => EventError::Invalid {
             field: "context",
@@ -431,7 +405,7 @@ fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), EventE
 }
 
 /// `properties` must be an object within the size and depth limits, without duplicate keys.
-pub fn check_properties(props: &RawValue, limits: &Limits) -> Result<(), EventError> {
+pub fn check_properties(props: &RawValue, limits: &EventLimits) -> Result<(), EventError> {
     let text = props.get();
     if first_byte(text) != Some(b'{') {
         return Err(EventError::Invalid {
@@ -461,361 +435,11 @@ pub fn check_properties(props: &RawValue, limits: &Limits) -> Result<(), EventEr
     Ok(())
 }
 
-/// The event object's keys.
-enum Field<'de> {
-    Id,
-    Type,
-    Timestamp,
-    Properties,
-    Source,
-    UserId,
-    AnonymousId,
-    Context,
-    Unknown(Cow<'de, str>),
-}
-
-struct FieldSeed;
-
-impl<'de> DeserializeSeed<'de> for FieldSeed {
-    type Value = Field<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldSeed {
-    type Value = Field<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field name")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Self::field(v).unwrap_or(Field::Unknown(Cow::Borrowed(v))))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Self::field(v).unwrap_or_else(|| Field::Unknown(Cow::Owned(v.to_owned()))))
-    }
-}
-
-impl FieldSeed {
-    fn field<'de>(name: &str) -> Option<Field<'de>> {
-        Some(match name {
-            "id" => Field::Id,
-            "type" => Field::Type,
-            "timestamp" => Field::Timestamp,
-            "properties" => Field::Properties,
-            "source" => Field::Source,
-            "user_id" => Field::UserId,
-            "anonymous_id" => Field::AnonymousId,
-            "context" => Field::Context,
-            _ => return None,
-        })
-    }
-}
-
-/// A string, borrowed from the input when it has no escapes.
-struct StrSeed;
-
-impl<'de> DeserializeSeed<'de> for StrSeed {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for StrSeed {
-    type Value = Cow<'de, str>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-}
-
-/// A value that may be `null`, meaning absent.
-struct Nullable<S>(S);
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nullable<S> {
-    type Value = Option<S::Value>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Nullable<S> {
-    type Value = Option<S::Value>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a value or null")
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.deserialize(d).map(Some)
-    }
-}
-
-/// A seed for a plain `Deserialize` type.
-struct Plain<T>(std::marker::PhantomData<T>);
-
-impl<T> Plain<T> {
-    fn new() -> Self {
-        Self(std::marker::PhantomData)
-    }
-}
-
-impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Plain<T> {
-    type Value = T;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-        T::deserialize(d)
-    }
-}
-
-/// Reads the event object; a refusal is left in `found` for the caller.
-struct EventSeed<'c> {
-    found: &'c Cell<Option<EventError>>,
-}
-
-impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = Event<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl EventSeed<'_> {
-    fn fail<E: de::Error>(&self, error: EventError) -> E {
-        let message = error.to_string();
-        self.found.set(Some(error));
-        E::custom(message)
-    }
-
-    /// Reads one field's value, naming the field when it is wrong.
-    fn value<'de, A, S>(
-        &self,
-        map: &mut A,
-        field: &'static str,
-        seed: S,
-    ) -> Result<S::Value, A::Error>
-    where
-        A: MapAccess<'de>,
-        S: DeserializeSeed<'de>,
-    {
-        map.next_value_seed(seed).inspect_err(|e| {
-            // Keep serde_json's error (its category tells syntax from data); remember which
-            // field it was about in case it is a data error.
-            let reason = e.to_string();
-            // Strip serde_json's " at line 1 column 9" suffix: the field name says more.
-            let reason = match reason.rfind(" at line ") {
-                Some(at) => reason[..at].to_owned(),
-                None => reason,
-            };
-            self.found.set(Some(EventError::Invalid { field, reason }));
-        })
-    }
-}
-
-impl<'de> Visitor<'de> for EventSeed<'_> {
-    type Value = Event<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an event object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut id: Option<Option<Uuid>> = None;
-        let mut kind: Option<Cow<'de, str>> = None;
-        let mut source: Option<Option<Cow<'de, str>>> = None;
-        let mut timestamp: Option<Option<Millis>> = None;
-        let mut properties: Option<Option<&'de RawValue>> = None;
-        let mut user_id: Option<Option<Cow<'de, str>>> = None;
-        let mut anonymous_id: Option<Option<Cow<'de, str>>> = None;
-        let mut context: Option<Option<&'de RawValue>> = None;
-        while let Some(field) = map.next_key_seed(FieldSeed)? {
-            let duplicate = |name: &str| self.fail(EventError::Duplicate(name.to_owned()));
-            match field {
-                Field::Id => {
-                    if id.is_some() {
-                        return Err(duplicate("id"));
-                    }
-                    id = Some(self.value(&mut map, "id", Nullable(Plain::<Uuid>::new()))?);
-                }
-                Field::Type => {
-                    if kind.is_some() {
-                        return Err(duplicate("type"));
-                    }
-                    kind = Some(self.value(&mut map, "type", StrSeed)?);
-                }
-                Field::Source => {
-                    if source.is_some() {
-                        return Err(duplicate("source"));
-                    }
-                    source = Some(self.value(&mut map, "source", Nullable(StrSeed))?);
-                }
-                Field::Timestamp => {
-                    if timestamp.is_some() {
-                        return Err(duplicate("timestamp"));
-                    }
-                    timestamp = Some(self.value(
-                        &mut map,
-                        "timestamp",
-                        Nullable(Plain::<Millis>::new()),
-                    )?);
-                }
-                Field::Properties => {
-                    if properties.is_some() {
-                        return Err(duplicate("properties"));
-                    }
-                    // Borrowed raw text: `null` stays "null" here and is refused later.
-                    let raw = self.value(&mut map, "properties", Plain::<&'de RawValue>::new())?;
-                    properties = Some(if raw.get() == "null" { None } else { Some(raw) });
-                }
-                Field::UserId => {
-                    if user_id.is_some() {
-                        return Err(duplicate("user_id"));
-                    }
-                    user_id = Some(self.value(&mut map, "user_id", Nullable(StrSeed))?);
-                }
-                Field::AnonymousId => {
-                    if anonymous_id.is_some() {
-                        return Err(duplicate("anonymous_id"));
-                    }
-                    anonymous_id = Some(self.value(&mut map, "anonymous_id", Nullable(StrSeed))?);
-                }
-                Field::Context => {
-                    if context.is_some() {
-                        return Err(duplicate("context"));
-                    }
-                    let raw = self.value(&mut map, "context", Plain::<&'de RawValue>::new())?;
-                    context = Some(if raw.get() == "null" { None } else { Some(raw) });
-                }
-                Field::Unknown(name) => {
-                    return Err(self.fail(EventError::Unknown(name.into_owned())));
-                }
-            }
-        }
-        let Some(kind) = kind else {
-            return Err(self.fail(EventError::Missing("type")));
-        };
-        Ok(Event {
-            id: id.flatten(),
-            kind,
-            source: source.flatten(),
-            timestamp: timestamp.flatten(),
-            properties: properties.flatten(),
-            // Empty identity is no identity: stored as the empty string either way.
-            user_id: user_id.flatten().filter(|v| !v.is_empty()),
-            anonymous_id: anonymous_id.flatten().filter(|v| !v.is_empty()),
-            context: context.flatten(),
-        })
-    }
-}
-
-/// Walks a JSON value: refuses duplicate keys and nesting deeper than `max`.
-struct Walk<'c> {
-    depth: usize,
-    max: usize,
-    found: &'c Cell<Option<EventError>>,
-}
-
-impl Walk<'_> {
-    fn fail<E: de::Error>(&self, error: EventError) -> E {
-        let message = error.to_string();
-        self.found.set(Some(error));
-        E::custom(message)
-    }
-
-    /// The walker for this container's children, or a refusal when the container is too deep.
-    fn children<E: de::Error>(&self) -> Result<Self, E> {
-        if self.depth > self.max {
-            return Err(self.fail(EventError::TooDeep(self.max)));
-        }
-        Ok(Walk {
-            depth: self.depth + 1,
-            max: self.max,
-            found: self.found,
-        })
-    }
-
-    fn again(&self) -> Self {
-        Walk {
-            depth: self.depth,
-            max: self.max,
-            found: self.found,
-        }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Walk<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-/// Objects with more keys than this switch from a linear scan to a hash set.
-const LINEAR_KEYS: usize = 16;
-
-impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let child = self.children()?;
-        while seq.next_element_seed(child.again())?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let child = self.children()?;
-        let mut keys: Vec<Cow<'de, str>> = Vec::new();
-        let mut set: Option<HashSet<Cow<'de, str>>> = None;
-        while let Some(key) = map.next_key_seed(StrSeed)? {
-            let duplicate = match &mut set {
-                Some(set) => !set.insert(key.clone()),
-                None => {
-                    let dup = keys.contains(&key);
-                    keys.push(key.clone());
-                    if keys.len() > LINEAR_KEYS {
-                        set = Some(keys.drain(..).collect());
-                    }
-                    dup
-                }
-            };
-            if duplicate {
-                return Err(self.fail(EventError::Duplicate(format!("{key}` in `properties"))));
-            }
-            map.next_value_seed(child.again())?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: EventLimits = EventLimits {
         max_type_len: 16,
         max_properties_bytes: 64,
         max_depth: 3,

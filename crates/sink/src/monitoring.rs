@@ -30,7 +30,7 @@ impl Health {
     /// The poll loop went round.
     pub fn beat(&self) {
         self.polled_at
-            .store(ess_core::event::Millis::now().0, Ordering::Relaxed);
+            .store(ess_core::wire::Millis::now().0, Ordering::Relaxed);
     }
 }
 
@@ -136,7 +136,7 @@ async fn metrics_text(State(s): State<AppState>) -> String {
 }
 
 async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    let age = ess_core::event::Millis::now().0 - s.health.polled_at.load(Ordering::Relaxed);
+    let age = ess_core::wire::Millis::now().0 - s.health.polled_at.load(Ordering::Relaxed);
     if age < Duration::from_secs(30).as_millis() as i64 {
         (StatusCode::OK, "ok\n")
     } else {
