@@ -106,6 +106,12 @@ pub enum MigrateError {
     },
 }
 
+impl From<Box<MigrateError>> for MigrateError {
+    fn from(error: Box<MigrateError>) -> Self {
+        *error
+    }
+}
+
 /// How long `ess migrate` waits for replicas to agree, and for the Distributed tables to count
 /// every moved row, before it gives up naming what differs.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -352,9 +358,9 @@ pub async fn apply(config: &Config, plan: &Plan) -> Result<(), MigrateError> {
     }
     let mut nodes = Nodes::default();
     for url in urls {
-        if !nodes.0.contains_key(&url) {
-            let (client, _) = connect(ch, &url).await?;
-            nodes.0.insert(url, client);
+        if let std::collections::btree_map::Entry::Vacant(entry) = nodes.0.entry(url) {
+            let (client, _) = connect(ch, entry.key()).await?;
+            entry.insert(client);
         }
     }
     for step in &plan.steps {
@@ -396,11 +402,12 @@ pub async fn apply(config: &Config, plan: &Plan) -> Result<(), MigrateError> {
 struct Nodes(BTreeMap<String, Client>);
 
 impl Nodes {
-    fn get(&self, url: &str) -> Result<&Client, MigrateError> {
+    /// The client of `url`; every node a step names was connected before the first step.
+    fn get(&self, url: &str) -> Result<&Client, Box<MigrateError>> {
         self.0.get(url).ok_or_else(|| {
-            MigrateError::Refused(format!(
+            Box::new(MigrateError::Refused(format!(
                 "{url} is not among the nodes ess migrate connected to"
-            ))
+            )))
         })
     }
 }
