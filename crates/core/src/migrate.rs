@@ -6,17 +6,22 @@
 //! - the current layout ([`crate::schema::SORT_KEY`]): add any column it lacks, apply
 //!   `clickhouse.ttl`, or do nothing;
 //! - the first layout (`ORDER BY id`): move it — create the current layout beside it as
-//!   `{local}_next`, copy every row on one replica of each shard (`INSERT … SELECT`), check that
-//!   every shard holds as many rows per source in both, then swap the names in one `RENAME`
-//!   (the old table stays as `{local}_v1`, to be dropped by hand) and recreate the
-//!   Distributed table over the new one. The sinks must be stopped while it runs: rows they
-//!   wrote into the old table after the copy would stay behind in `{local}_v1`;
+//!   `{local}_next`; wait until the replicas of each shard hold the same rows of the old table
+//!   ([`Step::Sync`]: a replica that has not fetched every part yet would copy too few); copy
+//!   every row on one replica of each shard (`INSERT … SELECT`); wait the same way for the
+//!   copy; check that every replica holds as many rows per source in both ([`Step::Check`]);
+//!   swap the names in one `RENAME` (the old table stays as `{local}_v1`, to be dropped by
+//!   hand), recreate the Distributed table over the new one, and wait until the Distributed
+//!   table on every node counts every row ([`Step::Visible`]). The sinks must be stopped while
+//!   it runs: rows they wrote into the old table after the copy would stay behind in
+//!   `{local}_v1` (and the checks refuse the swap when the counts move);
 //! - anything else: refuse, naming the statement that moves the table aside.
 //!
 //! [`plan`] says what would be done without changing anything (`ess migrate --print`).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use ::clickhouse::Client;
 
@@ -53,7 +58,8 @@ pub enum MigrateError {
     /// The copy does not hold every row; nothing was swapped.
     #[error(
         "the copy {table} on {node} does not hold every row (per source, old vs new: {counts}); \
-         the old table is untouched"
+         nothing was swapped, the old table is untouched. Is a sink still writing? Stop every \
+         sink and run `ess migrate` again"
     )]
     Lost {
         /// The node.
@@ -63,7 +69,55 @@ pub enum MigrateError {
         /// The differing counts.
         counts: String,
     },
+    /// The replicas of a shard did not come to hold the same rows in time; nothing was swapped.
+    #[error(
+        "the replicas of one shard still hold different rows of {table} after {waited:?} (per \
+         source, by replica: {counts}); nothing was swapped. Is a replica down or behind \
+         (system.replicas, system.replication_queue) or a sink still writing? Run \
+         `ess migrate` again once they agree"
+    )]
+    Unsettled {
+        /// The table.
+        table: String,
+        /// How long it waited.
+        waited: Duration,
+        /// Rows per source on each replica of the shard.
+        counts: String,
+    },
+    /// After the swap, the Distributed table on a node did not count every row in time.
+    #[error(
+        "the tables were swapped, but {table} on {node} counts {got} rows per source where the \
+         shards hold {want} (after {waited:?}); check that node's Distributed table and \
+         `remote_servers`. The old table is kept as {kept}"
+    )]
+    Invisible {
+        /// The node whose Distributed table falls short.
+        node: String,
+        /// The Distributed table.
+        table: String,
+        /// What it counted.
+        got: String,
+        /// What the shards hold.
+        want: String,
+        /// How long it waited.
+        waited: Duration,
+        /// The kept old table.
+        kept: String,
+    },
 }
+
+impl From<Box<MigrateError>> for MigrateError {
+    fn from(error: Box<MigrateError>) -> Self {
+        *error
+    }
+}
+
+/// How long `ess migrate` waits for replicas to agree, and for the Distributed tables to count
+/// every moved row, before it gives up naming what differs.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The replicas of each shard: one list of node URLs per shard (one node on a single server).
+pub type Shards = Vec<Vec<String>>;
 
 /// The layout `ess migrate` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,29 +158,67 @@ pub enum Step {
         /// The statement.
         sql: String,
     },
-    /// Rows per source must be equal in `from` and `to` on `node` before going on.
+    /// `SYSTEM SYNC REPLICA table` on every replica, then wait until the replicas of each
+    /// shard hold the same rows per source: every replica has every part of the shard.
+    /// (18.16 can answer `SYNC REPLICA` before the replica has read the newest entries of the
+    /// replication log, so the counts, not the statement, decide.)
+    Sync {
+        /// The replicated table.
+        table: String,
+        /// The replicas of each shard.
+        shards: Shards,
+    },
+    /// On every replica of each shard, rows per source are equal in `from` and `to`.
     Check {
-        /// The node.
-        node: String,
+        /// The replicas of each shard.
+        shards: Shards,
         /// The old table.
         from: String,
         /// The new table.
         to: String,
     },
+    /// Wait until `table` (Distributed) on every node counts, per source, the rows that
+    /// `local` holds summed over the shards (one replica each).
+    Visible {
+        /// The Distributed table.
+        table: String,
+        /// The local table behind it.
+        local: String,
+        /// The replicas of each shard; every one of them is asked through `table`.
+        shards: Shards,
+    },
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all = |shards: &Shards| shards.concat().join(", ");
         match self {
             Self::Sql { node: None, sql } => write!(f, "{sql};"),
             Self::Sql {
                 node: Some(node),
                 sql,
             } => write!(f, "-- on {node}\n{sql};"),
-            Self::Check { node, from, to } => write!(
+            Self::Sync { table, shards } => write!(
                 f,
-                "-- on {node}: check that `SELECT source, count() FROM … GROUP BY source` is the \
-                 same for {from} and {to}"
+                "-- on {}: SYSTEM SYNC REPLICA {table}; then wait until the replicas of each \
+                 shard hold the same rows per source",
+                all(shards)
+            ),
+            Self::Check { shards, from, to } => write!(
+                f,
+                "-- on {}: check that `SELECT source, count() … GROUP BY source` is the same for \
+                 {from} and {to}",
+                all(shards)
+            ),
+            Self::Visible {
+                table,
+                local,
+                shards,
+            } => write!(
+                f,
+                "-- on {}: wait until `SELECT source, count() FROM {table} GROUP BY source` counts \
+                 every row of {local} (summed over the shards)",
+                all(shards)
             ),
         }
     }
@@ -219,7 +311,7 @@ pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
             .collect(),
         Found::Current { columns, create } => update(&schema, columns, create),
         Found::First { columns } => {
-            let shards = shard_nodes(config).await?;
+            let shards = shard_replicas(config).await?;
             let kept = format!("{}.{}_v1", schema.database, schema.local_table());
             if exists(
                 &client,
@@ -240,12 +332,7 @@ pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
                  {kept}{}",
                 schema.on_cluster()
             ));
-            let nodes = if schema.cluster.is_empty() {
-                Vec::new()
-            } else {
-                ch.all_nodes()
-            };
-            rebuild(&schema, columns, &shards, &nodes)
+            rebuild(&schema, columns, &shards)
         }
     };
     Ok(Plan {
@@ -260,40 +347,148 @@ pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
 /// Runs the plan's steps in order.
 pub async fn apply(config: &Config, plan: &Plan) -> Result<(), MigrateError> {
     let ch = &config.clickhouse;
-    let mut clients: BTreeMap<String, Client> = BTreeMap::new();
+    let mut urls: Vec<String> = Vec::new();
     for step in &plan.steps {
-        let url = match step {
-            Step::Sql { node, .. } => node.clone().unwrap_or_else(|| ch.url.clone()),
-            Step::Check { node, .. } => node.clone(),
-        };
-        if !clients.contains_key(&url) {
-            let (client, _) = connect(ch, &url).await?;
-            clients.insert(url.clone(), client);
-        }
-        let Some(client) = clients.get(&url) else {
-            continue;
-        };
         match step {
-            Step::Sql { sql, .. } => {
+            Step::Sql { node, .. } => urls.push(node.clone().unwrap_or_else(|| ch.url.clone())),
+            Step::Sync { shards, .. }
+            | Step::Check { shards, .. }
+            | Step::Visible { shards, .. } => urls.extend(shards.concat()),
+        }
+    }
+    let mut nodes = Nodes::default();
+    for url in urls {
+        if let std::collections::btree_map::Entry::Vacant(entry) = nodes.0.entry(url) {
+            let (client, _) = connect(ch, entry.key()).await?;
+            entry.insert(client);
+        }
+    }
+    for step in &plan.steps {
+        match step {
+            Step::Sql { node, sql } => {
+                let url = node.as_deref().unwrap_or(&ch.url);
+                let client = nodes.get(url)?;
                 client.query(sql).execute().await.map_err(ddl_error(sql))?;
             }
-            Step::Check { node, from, to } => {
-                let (old, new) = (
-                    per_source(client, from).await?,
-                    per_source(client, to).await?,
-                );
-                if old != new {
-                    return Err(MigrateError::Lost {
-                        node: node.clone(),
-                        table: to.clone(),
-                        counts: format!("{old:?} vs {new:?}"),
-                    });
+            Step::Sync { table, shards } => sync(&nodes, table, shards).await?,
+            Step::Check { shards, from, to } => {
+                for url in shards.concat() {
+                    let client = nodes.get(&url)?;
+                    let (old, new) = (
+                        per_source(client, from).await?,
+                        per_source(client, to).await?,
+                    );
+                    if old != new {
+                        return Err(MigrateError::Lost {
+                            node: url,
+                            table: to.clone(),
+                            counts: format!("{old:?} vs {new:?}"),
+                        });
+                    }
                 }
             }
+            Step::Visible {
+                table,
+                local,
+                shards,
+            } => visible(&nodes, table, local, shards, &plan.schema).await?,
         }
     }
     Ok(())
 }
+
+/// A client per node URL.
+#[derive(Default)]
+struct Nodes(BTreeMap<String, Client>);
+
+impl Nodes {
+    /// The client of `url`; every node a step names was connected before the first step.
+    fn get(&self, url: &str) -> Result<&Client, Box<MigrateError>> {
+        self.0.get(url).ok_or_else(|| {
+            Box::new(MigrateError::Refused(format!(
+                "{url} is not among the nodes ess migrate connected to"
+            )))
+        })
+    }
+}
+
+/// `SYSTEM SYNC REPLICA` on every replica, then polls until the replicas of each shard agree.
+async fn sync(nodes: &Nodes, table: &str, shards: &Shards) -> Result<(), MigrateError> {
+    for url in shards.concat() {
+        let sql = format!("SYSTEM SYNC REPLICA {table}");
+        nodes
+            .get(&url)?
+            .query(&sql)
+            .execute()
+            .await
+            .map_err(ddl_error(&sql))?;
+    }
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    for replicas in shards {
+        loop {
+            let mut counts = Vec::new();
+            for url in replicas {
+                counts.push((url.as_str(), per_source(nodes.get(url)?, table).await?));
+            }
+            if counts.windows(2).all(|w| w[0].1 == w[1].1) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(MigrateError::Unsettled {
+                    table: table.to_owned(),
+                    waited: SETTLE_TIMEOUT,
+                    counts: format!("{counts:?}"),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    Ok(())
+}
+
+/// Polls until `table` on every node counts what the shards' `local` tables hold.
+async fn visible(
+    nodes: &Nodes,
+    table: &str,
+    local: &str,
+    shards: &Shards,
+    schema: &Schema,
+) -> Result<(), MigrateError> {
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for replicas in shards {
+        let Some(url) = replicas.first() else {
+            continue;
+        };
+        for (source, n) in per_source(nodes.get(url)?, local).await? {
+            *want.entry(source).or_default() += n;
+        }
+    }
+    let want: Vec<(String, u64)> = want.into_iter().collect();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    for url in shards.concat() {
+        loop {
+            let got = per_source(nodes.get(&url)?, table).await?;
+            if got == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(MigrateError::Invisible {
+                    node: url,
+                    table: table.to_owned(),
+                    got: format!("{got:?}"),
+                    want: format!("{want:?}"),
+                    waited: SETTLE_TIMEOUT,
+                    kept: format!("{}.{}_v1", schema.database, schema.local_table()),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    Ok(())
+}
+
+/// How often the waits above ask again.
+const POLL: Duration = Duration::from_millis(200);
 
 async fn per_source(client: &Client, table: &str) -> Result<Vec<(String, u64)>, MigrateError> {
     let sql = format!("SELECT source, count() FROM {table} GROUP BY source ORDER BY source");
@@ -406,18 +601,15 @@ fn recreate_distributed(schema: &Schema) -> Vec<Step> {
     ]
 }
 
-/// Steps moving a layout-1 table to the current layout (see the module docs): the copy runs on
-/// one node of each of `shards`; every one of `replicas` (empty on a single server) fetches it
-/// before the swap, so queries see every row as soon as the new table has the name.
-fn rebuild(
-    schema: &Schema,
-    old_columns: &[String],
-    shards: &[String],
-    replicas: &[String],
-) -> Vec<Step> {
+/// Steps moving a layout-1 table to the current layout (see the module docs). The copy runs
+/// on the first replica of each of `shards`; on a cluster every replica must hold every row of
+/// the old table before it and of the new one after it, and every node's Distributed table
+/// must count them all before `ess migrate` returns.
+fn rebuild(schema: &Schema, old_columns: &[String], shards: &Shards) -> Vec<Step> {
     let db = &schema.database;
     let on = schema.on_cluster();
     let local = schema.local_table();
+    let replicated = !schema.cluster.is_empty();
     let (old, next, kept) = (
         format!("{db}.{local}"),
         format!("{db}.{local}_next"),
@@ -441,40 +633,56 @@ fn rebuild(
             sql: schema.create_local(&format!("{local}_next")),
         },
     ];
-    for node in shards {
+    if replicated {
+        // The replica that copies must have every part of its shard, not only those it
+        // fetched so far.
+        steps.push(Step::Sync {
+            table: old.clone(),
+            shards: shards.clone(),
+        });
+    }
+    for replicas in shards {
+        let Some(node) = replicas.first() else {
+            continue;
+        };
         steps.push(Step::Sql {
             node: Some(node.clone()),
             sql: format!("INSERT INTO {next} ({common}) SELECT {common} FROM {old}"),
         });
-        steps.push(Step::Check {
-            node: node.clone(),
-            from: old.clone(),
-            to: next.clone(),
+    }
+    if replicated {
+        steps.push(Step::Sync {
+            table: next.clone(),
+            shards: shards.clone(),
         });
     }
-    for node in replicas {
-        steps.push(Step::Sql {
-            node: Some(node.clone()),
-            sql: format!("SYSTEM SYNC REPLICA {next}"),
-        });
-    }
+    steps.push(Step::Check {
+        shards: shards.clone(),
+        from: old.clone(),
+        to: next.clone(),
+    });
     steps.push(Step::Sql {
         node: None,
         sql: format!("RENAME TABLE {old} TO {kept}, {next} TO {old}{on}"),
     });
-    if !schema.cluster.is_empty() {
+    if replicated {
         steps.extend(recreate_distributed(schema));
+        steps.push(Step::Visible {
+            table: format!("{db}.{}", schema.table),
+            local: old,
+            shards: shards.clone(),
+        });
     }
     steps
 }
 
-/// One node per shard (by its `shard` macro), or `clickhouse.url` on a single server.
-async fn shard_nodes(config: &Config) -> Result<Vec<String>, MigrateError> {
+/// The nodes of each shard (by their `shard` macro), or `clickhouse.url` on a single server.
+async fn shard_replicas(config: &Config) -> Result<Shards, MigrateError> {
     let ch = &config.clickhouse;
     if ch.cluster.is_empty() {
-        return Ok(vec![ch.url.clone()]);
+        return Ok(vec![vec![ch.url.clone()]]);
     }
-    let mut shards: BTreeMap<String, String> = BTreeMap::new();
+    let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for url in ch.all_nodes() {
         let (client, _) = connect(ch, &url).await?;
         let sql = "SELECT substitution FROM system.macros WHERE macro = 'shard'";
@@ -489,7 +697,7 @@ async fn shard_nodes(config: &Config) -> Result<Vec<String>, MigrateError> {
                  nodes in `clickhouse.nodes`"
             )));
         };
-        shards.entry(shard).or_insert(url);
+        shards.entry(shard).or_default().push(url);
     }
     Ok(shards.into_values().collect())
 }
@@ -522,27 +730,39 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let shards = ["http://a".to_owned(), "http://b".to_owned()];
-        let replicas = ["http://a".to_owned(), "http://a2".to_owned()];
-        let steps = rebuild(&schema("ess"), &old, &shards, &replicas);
+        let shards: Shards = vec![
+            vec!["http://a".to_owned(), "http://a2".to_owned()],
+            vec!["http://b".to_owned(), "http://b2".to_owned()],
+        ];
+        let steps = rebuild(&schema("ess"), &old, &shards);
         let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
         assert!(text[1].starts_with("CREATE TABLE ess.events_local_next ON CLUSTER ess"));
-        assert!(text[2].contains(
+        // Every replica holds every row of the old table before the copy reads one of them.
+        assert!(matches!(&steps[2], Step::Sync { table, .. } if table == "ess.events_local"));
+        assert!(text[3].starts_with("-- on http://a\nINSERT INTO ess.events_local_next"));
+        assert!(text[3].contains(
             "INSERT INTO ess.events_local_next (id, type, source, event_time, ingest_time, \
              store_time, properties, kafka_partition, kafka_offset) SELECT"
         ));
-        assert!(matches!(&steps[3], Step::Check { node, .. } if node == "http://a"));
-        assert!(matches!(&steps[5], Step::Check { node, .. } if node == "http://b"));
+        assert!(text[4].starts_with("-- on http://b\n"));
+        assert!(matches!(&steps[5], Step::Sync { table, .. } if table == "ess.events_local_next"));
+        assert!(matches!(&steps[6], Step::Check { shards: s, .. } if s == &shards));
         assert_eq!(
-            text[6],
-            "-- on http://a\nSYSTEM SYNC REPLICA ess.events_local_next;"
-        );
-        assert_eq!(
-            text[8],
+            text[7],
             "RENAME TABLE ess.events_local TO ess.events_local_v1, ess.events_local_next TO \
              ess.events_local ON CLUSTER ess;"
         );
-        assert!(text[10].contains("ENGINE = Distributed"));
+        assert!(text[9].contains("ENGINE = Distributed"));
+        assert!(
+            matches!(&steps[10], Step::Visible { table, .. } if table == "ess.events"),
+            "{}",
+            text[10]
+        );
+        assert_eq!(steps.len(), 11);
+        // A single server: copy, check, swap.
+        let single = rebuild(&schema(""), &old, &vec![vec!["http://a".to_owned()]]);
+        assert_eq!(single.len(), 5, "{single:?}");
+        assert!(matches!(&single[3], Step::Check { .. }));
     }
 
     #[test]

@@ -395,48 +395,110 @@ async fn per_source(client: &clickhouse::Client, table: &str) -> Vec<(String, u6
         .expect("count per source")
 }
 
-// Ignored in the default run: on a freshly started cluster the Distributed table showed one
-// shard's rows only (half of them) for the whole 30 s after `migrate` returned, in one of the
-// runs; the moved rows are in `events_local_v1` either way. Run with `--ignored`.
+/// Runs `sql` on `url` as the test's database user.
+async fn run_on(eph: &Ephemeral, url: &str, sql: &str) {
+    eph.client(url)
+        .await
+        .query(sql)
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("{sql} on {url}: {e}"));
+}
+
+// The old table's rows are written on the second replica of each shard while the first
+// replicas (where the copy runs) fetch nothing: a replica behind its shard, as one is for a
+// moment after every insert. `ess migrate` must not copy from it before it has caught up.
 #[tokio::test]
-#[ignore = "on a fresh cluster one shard's moved rows stayed invisible through Distributed (open)"]
 async fn migrate_moves_the_first_layout_with_every_row_then_sinks_write_and_again_is_a_no_op() {
     let eph = Ephemeral::new(2).await;
     let ch = &eph.config.clickhouse;
-    if eph.migrated.schema.flavor != ess_core::clickhouse::Flavor::Legacy || ch.cluster != "ess" {
-        eprintln!("skipped: the first layout here is 18.16's on the `ess` cluster");
+    let nodes = ch.all_nodes();
+    if eph.migrated.schema.flavor != ess_core::clickhouse::Flavor::Legacy
+        || ch.cluster != "ess"
+        || nodes.len() != 4
+    {
+        eprintln!("skipped: the first layout here is 18.16's on the 2x2 `ess` cluster");
         return eph.cleanup().await;
     }
     let db = &ch.database;
-    let client = eph
-        .client(&ch.url)
-        .await
-        .with_setting("insert_distributed_sync", "1");
+    let client = eph.client(&ch.url).await;
     for table in ["events", "events_local"] {
-        client
-            .query(&format!("DROP TABLE {db}.{table} ON CLUSTER ess"))
-            .execute()
-            .await
-            .expect("drop");
+        run_on(
+            &eph,
+            &ch.url,
+            &format!("DROP TABLE {db}.{table} ON CLUSTER ess"),
+        )
+        .await;
     }
     for sql in first_layout(db) {
-        client.query(&sql).execute().await.expect("first layout");
+        run_on(&eph, &ch.url, &sql).await;
     }
-    client
-        .query(&format!(
-            "INSERT INTO {db}.events SELECT generateUUIDv4(), 'view', \
-             concat('tenant', toString(number % 3)), {DAY0} + number, {DAY0} + number, \
-             {DAY0} + number, '{{\"n\":1}}', 0, toInt64(number) FROM system.numbers LIMIT 30001"
-        ))
-        .execute()
-        .await
-        .expect("rows in the first layout");
-    let before = per_source(&client, &format!("{db}.events")).await;
-    assert_eq!(before.len(), 3);
+    // Nodes 1 and 2 are shard 1, nodes 3 and 4 shard 2; the copy runs on nodes 1 and 3.
+    let (behind, ahead) = ([&nodes[0], &nodes[2]], [&nodes[1], &nodes[3]]);
+    for url in behind {
+        run_on(&eph, url, &format!("SYSTEM STOP FETCHES {db}.events_local")).await;
+    }
+    // 30,001 rows, tenant0..2 by `number % 3`: half on each shard's second replica.
+    for (url, range) in ahead.iter().zip(["0, 15000", "15000, 15001"]) {
+        run_on(
+            &eph,
+            url,
+            &format!(
+                "INSERT INTO {db}.events_local SELECT generateUUIDv4(), 'view', \
+                 concat('tenant', toString(number % 3)), {DAY0} + number, {DAY0} + number, \
+                 {DAY0} + number, '{{\"n\":1}}', 0, toInt64(number) FROM system.numbers \
+                 LIMIT {range}"
+            ),
+        )
+        .await;
+    }
+    let before: Vec<(String, u64)> = [
+        ("tenant0", 10_001),
+        ("tenant1", 10_000),
+        ("tenant2", 10_000),
+    ]
+    .map(|(s, n)| (s.to_owned(), n))
+    .to_vec();
+    // The lagging replicas fetch again once migrate waits for them (a `SYNC REPLICA` of the
+    // old table runs on one of them) or once it has returned without waiting.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let catch_up = {
+        let (done, eph_config) = (done.clone(), eph.config.clone());
+        let behind: Vec<String> = behind.iter().map(|u| u.to_string()).collect();
+        let db = db.clone();
+        tokio::spawn(async move {
+            let ch = &eph_config.clickhouse;
+            let sql = format!(
+                "SELECT count() FROM system.processes \
+                 WHERE query LIKE 'SYSTEM SYNC REPLICA {db}.events_local%'"
+            );
+            loop {
+                let mut waiting = 0u64;
+                for url in &behind {
+                    let (node, _) = ess_core::clickhouse::connect(ch, url).await.expect("node");
+                    waiting += node.query(&sql).fetch_one::<u64>().await.unwrap_or(0);
+                }
+                if waiting > 0 || done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for url in &behind {
+                let (node, _) = ess_core::clickhouse::connect(ch, url).await.expect("node");
+                node.query(&format!("SYSTEM START FETCHES {db}.events_local"))
+                    .execute()
+                    .await
+                    .expect("start fetches");
+            }
+        })
+    };
 
     let plan = ess_core::migrate::plan(&eph.config).await.expect("plan");
     assert!(matches!(plan.found, ess_core::migrate::Found::First { .. }));
-    let migrated = ess_core::migrate::run(&eph.config).await.expect("migrate");
+    let migrated = ess_core::migrate::run(&eph.config).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    catch_up.await.expect("fetches restarted");
+    let migrated = migrated.expect("migrate");
     assert_eq!(migrated.steps, plan.steps, "--print shows what is done");
     let key: String = client
         .query("SELECT sorting_key FROM system.tables WHERE database = ? AND name = 'events_local'")
@@ -445,20 +507,28 @@ async fn migrate_moves_the_first_layout_with_every_row_then_sinks_write_and_agai
         .await
         .expect("sorting key");
     assert_eq!(key, ess_core::schema::SORT_KEY);
-    // The ON CLUSTER statements have run on every node when migrate returns; the nodes'
-    // Distributed tables reach the new local ones within moments.
-    let mut after = Vec::new();
-    for _ in 0..100 {
-        after = per_source(&client, &format!("{db}.events")).await;
-        if after == before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // As soon as migrate returns, every row is in the new table on every replica and counted
+    // by the Distributed table on every node.
+    let per_shard = |tenant0: u64| {
+        [("tenant0", tenant0), ("tenant1", 5_000), ("tenant2", 5_000)]
+            .map(|(s, n)| (s.to_owned(), n))
+            .to_vec()
+    };
+    for (i, url) in nodes.iter().enumerate() {
+        let node = eph.client(url).await;
+        let distributed = per_source(&node, &format!("{db}.events")).await;
+        assert_eq!(
+            distributed, before,
+            "rows per source through events on {url}"
+        );
+        let local = per_source(&node, &format!("{db}.events_local")).await;
+        let shard = if i < 2 {
+            per_shard(5_000)
+        } else {
+            per_shard(5_001)
+        };
+        assert_eq!(local, shard, "rows per source in events_local on {url}");
     }
-    assert_eq!(
-        after, before,
-        "rows per source through the Distributed table"
-    );
     let kept: u64 = client
         .query("SELECT count() FROM system.tables WHERE database = ? AND name = 'events_local_v1'")
         .bind(db)
