@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, BadEventCount};
 use crate::body::BodyError;
 use crate::client_event::{EventError, Rejected};
 use crate::producer::Delivery;
@@ -64,6 +64,17 @@ pub enum ApiError {
     /// Missing or bad key, or over the key's rate.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// An unusable `X-Event-Count` header.
+    #[error(transparent)]
+    EventCount(#[from] BadEventCount),
+    /// The body holds another number of events than `X-Event-Count` declared.
+    #[error("X-Event-Count declared {declared} events but the body holds {actual}")]
+    EventCountMismatch {
+        /// What the header said.
+        declared: usize,
+        /// What the body holds.
+        actual: usize,
+    },
     /// The body could not be read.
     #[error("could not read the request body")]
     BodyRead,
@@ -140,7 +151,10 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Self::Body(BodyError::TooLarge(..)) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Body(BodyError::Corrupt(_)) | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::Body(BodyError::Corrupt(_))
+            | Self::BodyRead
+            | Self::EventCount(_)
+            | Self::EventCountMismatch { .. } => StatusCode::BAD_REQUEST,
             Self::Auth(AuthError::RateLimited(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::SourceNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -171,6 +185,8 @@ impl ApiError {
             Self::Auth(AuthError::Invalid) => "invalid_api_key",
             Self::Auth(AuthError::RateLimited(_)) => "rate_limited",
             Self::BodyRead => "invalid_body",
+            Self::EventCount(_) => "invalid_event_count",
+            Self::EventCountMismatch { .. } => "event_count_mismatch",
             Self::ReadTimeout => "request_timeout",
             Self::NotReady { .. } => "not_ready",
             Self::QueueFull { .. } => "queue_full",

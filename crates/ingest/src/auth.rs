@@ -3,6 +3,10 @@
 //! Keys are compared as SHA-256 digests with a constant-time equality over every configured key,
 //! so neither the position of the first differing byte nor the key's length nor which key
 //! matched shows in the response time. Each key has a token bucket counted in events.
+//!
+//! A request may declare its event count in [`EVENT_COUNT`]; its tokens are then reserved
+//! from the headers, before the body is read ([`Keys::reserve`]), and given back if the
+//! request fails before its events go to the producer.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,6 +16,9 @@ use axum::http::header::AUTHORIZATION;
 use ess_core::config::{ApiKey, AuthMode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+/// The header in which a client declares how many events its body holds.
+pub const EVENT_COUNT: &str = "x-event-count";
 
 /// The configured keys.
 #[derive(Debug)]
@@ -135,6 +142,83 @@ impl Keys {
     }
 }
 
+/// Tokens taken from a key's bucket for a request's declared events: given back on drop
+/// unless [`Reserved::keep`] was called (the events went to the producer).
+#[derive(Debug)]
+pub struct Reserved<'a> {
+    bucket: Option<&'a Bucket>,
+    events: usize,
+}
+
+impl Reserved<'_> {
+    /// The number of events the tokens are for.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Keeps the tokens taken: the request is going to the producer.
+    pub fn keep(mut self) {
+        self.bucket = None;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(bucket) = self.bucket {
+            bucket.give_back(self.events as f64, Instant::now());
+        }
+    }
+}
+
+impl Keys {
+    /// Takes `events` tokens from the caller's bucket now, for a request that declared its
+    /// event count: refused (429) from the headers when they are not there. The tokens come
+    /// back when the returned reservation is dropped without [`Reserved::keep`].
+    pub fn reserve(&self, caller: &Caller<'_>, events: usize) -> Result<Reserved<'_>, AuthError> {
+        let bucket = caller
+            .index
+            .and_then(|i| self.keys.get(i))
+            .map(|e| &e.bucket);
+        if let Some(bucket) = bucket {
+            bucket
+                .take(events as f64, Instant::now())
+                .map_err(AuthError::RateLimited)?;
+        }
+        Ok(Reserved { bucket, events })
+    }
+}
+
+/// Why an `X-Event-Count` header cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("X-Event-Count must be a whole number from 1 to {max}, given once; got {got:?}")]
+pub struct BadEventCount {
+    /// What was sent.
+    pub got: String,
+    /// The largest count allowed (`max_batch_events`, or 1 for a single event).
+    pub max: usize,
+}
+
+/// The event count the request declares in [`EVENT_COUNT`], if any: a whole number from 1 to
+/// `max`, given once.
+pub fn declared_events(headers: &HeaderMap, max: usize) -> Result<Option<usize>, BadEventCount> {
+    let mut values = headers.get_all(EVENT_COUNT).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let bad = || BadEventCount {
+        got: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        max,
+    };
+    if values.next().is_some() || text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(bad()),
+    }
+}
+
 /// The key of a `Bearer` or `X-API-Key` header.
 pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     if let Some(value) = headers.get("x-api-key") {
@@ -200,6 +284,18 @@ impl Bucket {
         } else {
             Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
         }
+    }
+
+    /// Gives `n` tokens back (up to the burst).
+    fn give_back(&self, n: f64, now: Instant) {
+        let mut state = match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (tokens, last) = *state;
+        let elapsed = now.saturating_duration_since(last).as_secs_f64();
+        let tokens = (tokens + elapsed * self.rate).min(self.burst);
+        *state = ((tokens + n).min(self.burst), now);
     }
 
     /// Takes `n` tokens, or says how long until there will be enough.
@@ -285,6 +381,52 @@ mod tests {
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
         assert!(bucket.take(5.0, t0 + Duration::from_millis(500)).is_ok());
         assert!(bucket.take(1.0, t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn a_reservation_dropped_gives_its_tokens_back_and_a_kept_one_does_not() {
+        let keys = Keys::new(AuthMode::On, &[key("a", "aaaaaaaaaaaaaaaa", 1, 10)]);
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("aaaaaaaaaaaaaaaa"));
+        let caller = keys.check(&h).unwrap();
+        let first = keys.reserve(&caller, 6).unwrap();
+        assert!(matches!(
+            keys.reserve(&caller, 6),
+            Err(AuthError::RateLimited(_))
+        ));
+        drop(first);
+        let second = keys.reserve(&caller, 6).unwrap();
+        second.keep();
+        assert!(keys.reserve(&caller, 6).is_err());
+        assert!(keys.reserve(&caller, 4).is_ok());
+    }
+
+    #[test]
+    fn declared_event_counts() {
+        let declared = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(EVENT_COUNT, HeaderValue::from_static(v));
+            declared_events(&h, 100)
+        };
+        assert_eq!(declared_events(&HeaderMap::new(), 100), Ok(None));
+        assert_eq!(declared("7"), Ok(Some(7)));
+        assert_eq!(declared(" 100 "), Ok(Some(100)));
+        for bad in [
+            "0",
+            "101",
+            "-1",
+            "+3",
+            "1.5",
+            "",
+            "x",
+            "99999999999999999999999",
+        ] {
+            assert!(declared(bad).is_err(), "{bad:?}");
+        }
+        let mut twice = HeaderMap::new();
+        twice.append(EVENT_COUNT, HeaderValue::from_static("1"));
+        twice.append(EVENT_COUNT, HeaderValue::from_static("1"));
+        assert!(declared_events(&twice, 100).is_err());
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //!   are closed when the deadline passes, whatever the client does.
 //! - Per connection, hyper's read buffer is at most [`READ_BUFFER_BYTES`], which also bounds
 //!   a request head (a larger one gets 431).
+//! - **Unreadable heads**: hyper answers a request head it cannot parse on its own, with a
+//!   bare 400 (request line or header), 431 (head too large) or 414 (URI too long) and no
+//!   body. [`Timed`] recognises such an answer as it is written and sends, in its place, the
+//!   same status with the JSON error body every other 4xx has (`invalid_request`,
+//!   `headers_too_large`, `uri_too_long`) and `Connection: close`.
 
 use std::future::Future;
 use std::io;
@@ -72,6 +77,10 @@ struct Shared {
     router: Router,
     overloaded: Vec<u8>,
     request_timeout: Vec<u8>,
+    /// In place of hyper's bare answers to unreadable heads, by status.
+    bad_request: Vec<u8>,
+    headers_too_large: Vec<u8>,
+    uri_too_long: Vec<u8>,
     head_timeouts: metrics::Counter,
     idle_timeouts: metrics::Counter,
     open: metrics::Gauge,
@@ -114,6 +123,24 @@ pub async fn accept_until(
         "request_timeout",
         "the request head did not arrive in time",
     );
+    let bad_request = raw_response(
+        "400 Bad Request",
+        "",
+        "invalid_request",
+        "the request line or a header is not valid HTTP/1.1",
+    );
+    let headers_too_large = raw_response(
+        "431 Request Header Fields Too Large",
+        "",
+        "headers_too_large",
+        &format!("the request head is larger than {READ_BUFFER_BYTES} bytes"),
+    );
+    let uri_too_long = raw_response(
+        "414 URI Too Long",
+        "",
+        "uri_too_long",
+        "the request URI is too long",
+    );
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_ANSWERS));
     let shared = Arc::new(Shared {
@@ -123,6 +150,9 @@ pub async fn accept_until(
         router,
         overloaded,
         request_timeout,
+        bad_request,
+        headers_too_large,
+        uri_too_long,
         head_timeouts: metrics.head_timeouts.clone(),
         idle_timeouts: metrics.idle_timeouts.clone(),
         open: metrics.connections_open.clone(),
@@ -169,6 +199,34 @@ pub async fn accept_until(
     }
     drop(listener);
     Connections { tasks, stop }
+}
+
+impl Shared {
+    /// What is sent in place of hyper's bare answer with `status`.
+    fn replacement(&self, status: u16) -> &[u8] {
+        match status {
+            431 => &self.headers_too_large,
+            414 => &self.uri_too_long,
+            _ => &self.bad_request,
+        }
+    }
+}
+
+/// The status of `bytes` when they are hyper's own answer to an unreadable request head: a
+/// 400, 414 or 431 head with `content-length: 0` and nothing after it. (Every answer of the
+/// handlers with these statuses has a JSON body.)
+fn bare_error_status(bytes: &[u8]) -> Option<u16> {
+    let status = match bytes.get(..13)? {
+        b"HTTP/1.1 400 " => 400,
+        b"HTTP/1.1 414 " => 414,
+        b"HTTP/1.1 431 " => 431,
+        _ => return None,
+    };
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let empty = bytes[..head_end]
+        .split(|b| *b == b'\n')
+        .any(|line| line.trim_ascii().eq_ignore_ascii_case(b"content-length: 0"));
+    (head_end == bytes.len() && empty).then_some(status)
 }
 
 /// A complete HTTP/1.1 response with a JSON error body, written without hyper.
@@ -352,6 +410,10 @@ struct Timed {
     timer: Option<Pin<Box<Sleep>>>,
     armed: Instant,
     timed_out: bool,
+    /// A replacement for hyper's bare answer to an unreadable head, and how much of it was
+    /// written.
+    /// (its status, bytes written).
+    replacing: Option<(u16, usize)>,
 }
 
 impl Timed {
@@ -363,7 +425,39 @@ impl Timed {
             shared,
             timer: None,
             timed_out: false,
+            replacing: None,
         }
+    }
+
+    /// Writes, in place of `first` (the start of what hyper writes, `total` bytes in all),
+    /// the JSON answer for hyper's bare answer to an unreadable head; `None` when `first`
+    /// is not such an answer.
+    fn poll_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: &[u8],
+        total: usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
+            self.replacing = Some((bare_error_status(first)?, 0));
+        }
+        let (status, mut written) = self.replacing?;
+        let shared = Arc::clone(&self.shared);
+        let answer = shared.replacement(status);
+        while written < answer.len() {
+            match Pin::new(&mut self.tcp).poll_write(cx, &answer[written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.replacing = Some((status, written));
+                }
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(self.pending(cx)),
+            }
+        }
+        Some(Poll::Ready(Ok(total)))
     }
 
     /// With the socket not ready: whether the phase's deadline passed (then which phase).
@@ -448,6 +542,9 @@ impl AsyncWrite for Timed {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(replaced) = self.poll_replace(cx, data, data.len()) {
+            return replaced;
+        }
         match Pin::new(&mut self.tcp).poll_write(cx, data) {
             Poll::Pending => self.pending(cx),
             ready => ready,
@@ -459,6 +556,14 @@ impl AsyncWrite for Timed {
         cx: &mut Context<'_>,
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = data
+            .iter()
+            .find(|d| !d.is_empty())
+            .map_or(&[][..], |d| &d[..]);
+        let total = data.iter().map(|d| d.len()).sum();
+        if let Some(replaced) = self.poll_replace(cx, first, total) {
+            return replaced;
+        }
         match Pin::new(&mut self.tcp).poll_write_vectored(cx, data) {
             Poll::Pending => self.pending(cx),
             ready => ready,
@@ -539,5 +644,34 @@ impl Future for TrackedFuture {
 impl Drop for TrackedFuture {
     fn drop(&mut self) {
         self.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bare_error_heads_are_replaced() {
+        let bare = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n\
+                     content-length: 0\r\ndate: Mon, 30 Nov 2026 10:00:00 GMT\r\n\r\n";
+        assert_eq!(bare_error_status(bare), Some(431));
+        assert_eq!(
+            bare_error_status(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"),
+            Some(400)
+        );
+        // An answer with a body, or another status, is left alone.
+        let json = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+                     content-length: 2\r\n\r\n{}";
+        assert_eq!(bare_error_status(json), None);
+        assert_eq!(
+            bare_error_status(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 20\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            bare_error_status(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
+            None
+        );
+        assert_eq!(bare_error_status(b"HTTP/1.1 400"), None);
     }
 }

@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`server`]: binding, readiness, a shutdown that ends within `shutdown_timeout` ([`run`],
 //!   [`serve`]).
-//! - [`conn`]: connections: the cap, the head and idle timeouts, closing them at shutdown.
+//! - [`conn`]: connections: the cap, the head and idle timeouts, JSON bodies on the HTTP
+//!   layer's answers to unreadable heads, closing them at shutdown.
 //! - [`router`]: routes, handlers and the shared state ([`app`]).
 //! - [`api`]: the response bodies and the error → status mapping.
 //! - [`intake`]: taking in a body: size, byte budget, read timeout, decompression, shutdown.
@@ -18,7 +19,8 @@
 //!   body (single, array, NDJSON), without copying their strings.
 //! - [`context`]: the client's address (trusted-proxy rule, anonymisation) and user agent.
 //! - [`body`]: media types, content encodings, capped decompression.
-//! - [`auth`]: API keys (constant-time) and their token buckets.
+//! - [`auth`]: API keys (constant-time), their token buckets, and the tokens a declared event
+//!   count (`X-Event-Count`) reserves from the headers.
 //! - [`producer`]: the Kafka producer and the per-event verdicts.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`tracking`]: the Segment-compatible routes (`/v1/track`, `/v1/batch`, the browser SDK's

@@ -1,9 +1,11 @@
 //! Routes and handlers.
 //!
-//! A request goes: API key → media type and encoding → the key has tokens left → body within
-//! the size, the byte budget and the read timeout, decompressed ([`crate::intake`]) →
-//! validation of every event → rate limit → producer → wait for the broker's verdict on every
-//! event → 202, or an error (see [`crate::api`]).
+//! A request goes: API key → media type and encoding → the tokens for its declared event count
+//! (`X-Event-Count`) reserved, or the key has a token left → body within the size, the byte
+//! budget and the read timeout, decompressed ([`crate::intake`]) → validation of every event
+//! → the count matches the declared one → rate limit (the reserved tokens kept, or tokens
+//! taken for the events) → producer → wait for the broker's verdict on every event → 202, or
+//! an error (see [`crate::api`]).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::api::{Accepted, ApiError, EventResult, json_response};
-use crate::auth::Keys;
+use crate::auth::{self, Keys};
 use crate::body::{self, Format};
 use crate::client_event::{self, Event, EventLimits};
 use crate::context::{ClientAddress, RequestContext};
@@ -181,7 +183,21 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
     let caller = state.keys.check(&parts.headers)?;
     let format = body::format(&parts.headers, batch)?;
     let encoding = body::encoding(&parts.headers)?;
-    state.keys.has_tokens(&caller)?;
+    // Refusing an over-limit key from its headers: with a declared event count its tokens
+    // are taken now (and given back if the request fails before the producer); without,
+    // the key must have one token left.
+    let max_events = if batch {
+        state.limits.max_batch_events
+    } else {
+        1
+    };
+    let reserved = match auth::declared_events(&parts.headers, max_events)? {
+        Some(declared) => Some(state.keys.reserve(&caller, declared)?),
+        None => {
+            state.keys.has_tokens(&caller)?;
+            None
+        }
+    };
     let mut received = state.intake.receive(&parts.headers, body, encoding).await?;
     let text = client_event::as_text(&received.bytes)?;
     let events = match (batch, format) {
@@ -189,6 +205,14 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
         (true, Format::Json) => client_event::parse_array(text, &state.limits)?,
         (true, Format::Ndjson) => client_event::parse_ndjson(text, &state.limits)?,
     };
+    if let Some(reserved) = &reserved
+        && reserved.events() != events.len()
+    {
+        return Err(ApiError::EventCountMismatch {
+            declared: reserved.events(),
+            actual: events.len(),
+        });
+    }
     state.intake.hold_events(&mut received.held, events.len())?;
     // With auth on, the source is the key's id: an event naming another is refused whole
     // (403), so one tenant can neither write as another nor replace its rows.
@@ -202,7 +226,10 @@ async fn ingest(state: &AppState, request: Request, batch: bool) -> Result<Accep
             });
         }
     }
-    state.keys.take(&caller, events.len())?;
+    match reserved {
+        Some(reserved) => reserved.keep(),
+        None => state.keys.take(&caller, events.len())?,
+    }
     if !state.ready.load(Ordering::Acquire) {
         return Err(ApiError::NotReady {
             retry_after: state.config.retry_after_secs,

@@ -1,8 +1,10 @@
-//! The connection level: head, idle and body timeouts, the connection cap, and refusing an
-//! over-limit key from its headers.
+//! The connection level: head, idle and body timeouts, the connection cap, refusing an
+//! over-limit key from its headers (`X-Event-Count`), and JSON bodies on the HTTP layer's own
+//! answers to unreadable heads.
 
 use std::time::{Duration, Instant};
 
+use ess_core::config::ApiKey;
 use ess_testkit::Ephemeral;
 
 use crate::harness::{
@@ -266,6 +268,179 @@ async fn a_key_out_of_tokens_is_refused_before_its_body_is_read() {
         "{:?}",
         started.elapsed()
     );
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+/// A key with a burst of 10 events, refilled at 1 event a second.
+const TEN_KEY: &str = "ten-key-0123456789abcdef";
+
+/// A batch request head for `TEN_KEY` declaring `declared` events and `length` body bytes.
+fn declaring_head(declared: &str, length: usize) -> Vec<u8> {
+    format!(
+        "POST /v1/events/batch HTTP/1.1\r\nhost: x\r\nx-api-key: {TEN_KEY}\r\n\
+         content-type: application/json\r\nx-event-count: {declared}\r\n\
+         content-length: {length}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn batch_of(n: usize, kind: &str) -> String {
+    let events: Vec<String> = (0..n).map(|_| format!(r#"{{"type":"{kind}"}}"#)).collect();
+    format!("[{}]", events.join(","))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_event_count_is_charged_from_the_headers_and_checked_against_the_body() {
+    let eph = Ephemeral::new(1).await;
+    let mut config = with_keys(eph.config.clone());
+    config.ingest.api_keys.push(ApiKey {
+        id: "ten".into(),
+        key: TEN_KEY.into(),
+        rate_per_sec: 1,
+        burst: 10,
+    });
+    config.ingest.read_timeout = Duration::from_secs(10);
+    let (server, client) = Server::ready(config.clone()).await;
+
+    // Malformed declarations are refused whatever the bucket holds, and cost nothing.
+    for (path, declared) in [
+        ("/v1/events/batch", "0"),
+        ("/v1/events/batch", "many"),
+        ("/v1/events/batch", "1001"),
+        ("/v1/events", "2"),
+    ] {
+        let reply = client
+            .send(
+                "POST",
+                path,
+                &[
+                    ("x-api-key", TEN_KEY),
+                    ("content-type", "application/json"),
+                    ("x-event-count", declared),
+                ],
+                r#"{"type":"never"}"#.into(),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{declared}: {:?}", reply.body);
+        assert_eq!(reply.json()["error"], "invalid_event_count");
+    }
+
+    // Two heads declaring 4 events each take 8 of the 10 tokens before sending their bodies.
+    let four = batch_of(4, "first");
+    let mut first = Raw::connect(server.addr).await;
+    first.send(&declaring_head("4", four.len())).await;
+    let mut liar = Raw::connect(server.addr).await;
+    liar.send(&declaring_head("4", batch_of(5, "lie").len()))
+        .await;
+    ess_testkit::eventually(Duration::from_secs(5), "both heads taken in", || async {
+        let held = metric(&client, "ess_ingest_buffered_bytes ").await?;
+        (held >= (four.len() + batch_of(5, "lie").len()) as f64).then_some(())
+    })
+    .await;
+    // A third head declaring 5 is refused at once, although its body never comes.
+    let mut stalled = Raw::connect(server.addr).await;
+    let started = Instant::now();
+    stalled.send(&declaring_head("5", 1000)).await;
+    let reply = stalled.response(Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(429), "{}", reply.text());
+    assert_eq!(reply.json()["error"], "rate_limited");
+    assert!(reply.text().to_ascii_lowercase().contains("retry-after: "));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The first sends what it declared: 202.
+    first.send(four.as_bytes()).await;
+    let reply = first.response(Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(202), "{}", reply.text());
+    let mut ids: Vec<String> = reply.json()["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| id.as_str().expect("id").to_owned())
+        .collect();
+    // The liar sends 5 events after declaring 4: refused whole, its tokens given back.
+    liar.send(batch_of(5, "lie").as_bytes()).await;
+    let reply = liar.response(Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(400), "{}", reply.text());
+    assert_eq!(reply.json()["error"], "event_count_mismatch");
+    // An invalid batch declaring 4 costs nothing either.
+    let invalid = r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"typ":"a"}]"#;
+    let mut bad = Raw::connect(server.addr).await;
+    bad.send(&declaring_head("4", invalid.len())).await;
+    bad.send(invalid.as_bytes()).await;
+    let reply = bad.response(Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(400), "{}", reply.text());
+    assert_eq!(reply.json()["error"], "unknown_field");
+    // So 6 tokens are there (2 left + 4 given back, and what refilled meanwhile).
+    let six = batch_of(6, "last");
+    let mut last = Raw::connect(server.addr).await;
+    last.send(&declaring_head("6", six.len())).await;
+    last.send(six.as_bytes()).await;
+    let reply = last.response(Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), Some(202), "{}", reply.text());
+    ids.extend(
+        reply.json()["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|id| id.as_str().expect("id").to_owned()),
+    );
+
+    // Every accepted event is in Kafka, and nothing of the refused requests.
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 10).await;
+    crate::harness::assert_exactly_once(&records, &ids);
+    assert_eq!(records.len(), 10);
+    server.stop().await;
+    eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_request_heads_get_a_json_error_body() {
+    let eph = Ephemeral::new(1).await;
+    let config = with_keys(eph.config.clone());
+    let (server, client) = Server::ready(config).await;
+    // Just under 32 KiB of head, never finished: the whole read buffer, nothing left unread.
+    let mut oversized = b"POST /v1/events HTTP/1.1\r\nhost: x\r\nx-pad: ".to_vec();
+    oversized.resize(32 * 1024, b'a');
+    let cases: [(&[u8], u16, &str); 4] = [
+        (b"GARBAGE\r\n\r\n", 400, "invalid_request"),
+        (
+            b"POST /v1/events HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
+            400,
+            "invalid_request",
+        ),
+        (
+            b"POST /v1/ev ents HTTP/1.1\r\nhost: x\r\n\r\n",
+            400,
+            "invalid_request",
+        ),
+        (&oversized, 431, "headers_too_large"),
+    ];
+    for (request, status, code) in cases {
+        let mut raw = Raw::connect(server.addr).await;
+        raw.send(request).await;
+        let ending = raw
+            .until_closed(Instant::now() + Duration::from_secs(5))
+            .await;
+        assert!(ending.closed_at.is_some(), "{code}: connection left open");
+        assert_eq!(ending.status(), Some(status), "{}", ending.text());
+        let head = ending.text().to_ascii_lowercase();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert_eq!(ending.json()["error"], code, "{}", ending.text());
+        assert!(
+            ending.json()["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{}",
+            ending.text()
+        );
+    }
+    // A request on a healthy connection is still served.
+    client.post("/v1/events", r#"{"type":"fine"}"#).await.ids();
     server.stop().await;
     eph.cleanup().await;
 }
