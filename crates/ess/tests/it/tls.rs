@@ -1,15 +1,14 @@
 //! ess against secured servers: a ClickHouse 18.16 node that serves only HTTPS (certificate of
-//! a CA made for the test) to a password-protected user, and a broker that requires SASL
-//! behind a TLS terminator (stunnel) that the broker advertises, so every Kafka connection
-//! negotiates TLS and then authenticates. The `ess` binary runs migrate, sink, ingest, load
-//! and verify through them; one wrong setting must stop migrate, ingest and sink within
-//! seconds with an error that names the key.
+//! a CA made for the test) to a password-protected user, and the broker behind a TLS
+//! terminator (stunnel) that the broker advertises, so every Kafka connection negotiates TLS.
+//! The `ess` binary runs migrate, sink, ingest, load and verify through them; one wrong
+//! setting must stop migrate, ingest and sink within seconds with an error that names the key.
 //!
-//! What the local broker (tansu) can check of SASL: it requires authentication with
-//! `--authentication`, but its `PLAIN` accepts any password, and its memory storage keeps no
-//! SCRAM credentials (every SCRAM login fails). So the working run authenticates with
-//! `PLAIN` (the SASL handshake and authentication really happen, over TLS), and the refused
-//! credentials are SCRAM ones.
+//! SASL: a second broker requires authentication (`--authentication`), but no login to it can
+//! succeed. The local broker (tansu, PyPI wheel) offers only SCRAM-SHA-256/512 and OAUTHBEARER,
+//! its memory storage keeps no SCRAM credentials, and creating a user is itself refused as
+//! unauthenticated. So this broker checks only that refused logins, a missing login and a
+//! mechanism it does not offer stop ess with `kafka.sasl.*` named (see docs/deploy.md).
 //!
 //! Private servers on ports 28000–28999; the broker binary is the stack's (installed by
 //! `ess stack up`).
@@ -384,8 +383,7 @@ pub(crate) async fn wait_http(url: &str, timeout: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_ingest_sink_and_verify_over_kafka_tls_with_sasl_and_clickhouse_https_with_a_password()
- {
+async fn migrate_ingest_sink_and_verify_over_kafka_tls_and_clickhouse_https_with_a_password() {
     let mut s = Secured::start().await;
     let config = s.write_config("ess", "");
     let out = run(ess(&config).arg("migrate"));
