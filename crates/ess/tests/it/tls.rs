@@ -8,7 +8,9 @@
 //! succeed. The local broker (tansu, PyPI wheel) offers only SCRAM-SHA-256/512 and OAUTHBEARER,
 //! its memory storage keeps no SCRAM credentials, and creating a user is itself refused as
 //! unauthenticated. So this broker checks only that refused logins, a missing login and a
-//! mechanism it does not offer stop ess with `kafka.sasl.*` named (see docs/deploy.md).
+//! mechanism it does not offer stop ess with `kafka.sasl.*` named (see docs/deploy.md). A
+//! working SCRAM login runs against the durable broker build (SQLite storage keeps the
+//! credentials), when it is installed.
 //!
 //! Private servers on ports 28000–28999; the broker binary is the stack's (installed by
 //! `ess stack up`).
@@ -382,23 +384,22 @@ pub(crate) async fn wait_http(url: &str, timeout: Duration) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_ingest_sink_and_verify_over_kafka_tls_and_clickhouse_https_with_a_password() {
-    let mut s = Secured::start().await;
-    let config = s.write_config("ess", "");
-    let out = run(ess(&config).arg("migrate"));
+/// `ess migrate`, then a sink and an ingest with `config`: 3,000 events sent through them are
+/// stored exactly once.
+async fn carry_events(s: &mut Secured, config: &Path) {
+    let out = run(ess(config).arg("migrate"));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("ClickHouse 18.16"), "{said}");
     assert!(said.contains("created topics"), "{said}");
 
     let log = s.file("sink.log");
-    s.procs.spawn("sink", ess(&config).arg("sink"), &log);
+    s.procs.spawn("sink", ess(config).arg("sink"), &log);
     let log = s.file("ingest.log");
-    s.procs.spawn("ingest", ess(&config).arg("ingest"), &log);
+    s.procs.spawn("ingest", ess(config).arg("ingest"), &log);
     wait_http(&s.ingest_url(), Duration::from_secs(30)).await;
 
     let record = s.file("run.json");
-    let load = run(ess(&config)
+    let load = run(ess(config)
         .args(["load", "--events", "3000", "--connections", "8", "--json"])
         .args(["--target", &s.ingest_url()])
         .arg("--record")
@@ -406,7 +407,7 @@ async fn migrate_ingest_sink_and_verify_over_kafka_tls_and_clickhouse_https_with
     let summary: serde_json::Value = serde_json::from_slice(&load.stdout).expect("load JSON");
     assert_eq!(summary["requests_failed"], 0, "{summary:#}");
 
-    let verify = ess(&config)
+    let verify = ess(config)
         .args(["verify", "--wait", "90s", "--json", "--record"])
         .arg(&record)
         .stderr(Stdio::inherit())
@@ -427,6 +428,91 @@ async fn migrate_ingest_sink_and_verify_over_kafka_tls_and_clickhouse_https_with
     assert!(verify.status.success());
     s.procs.stop("ingest");
     s.procs.stop("sink");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_ingest_sink_and_verify_over_kafka_tls_and_clickhouse_https_with_a_password() {
+    let mut s = Secured::start().await;
+    let config = s.write_config("ess", "");
+    carry_events(&mut s, &config).await;
+}
+
+/// SCRAM-SHA-512 for real, against the broker built from crates.io with SQLite storage (the
+/// only local broker that keeps SCRAM credentials): the user is created before the broker
+/// requires authentication (creating one is refused afterwards), then ess logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the durable broker: `ess stack install --broker durable` (a ~10 minute build)"]
+async fn scram_login_to_the_durable_broker_carries_events_and_a_wrong_password_is_named() {
+    let stack = StackConfig::default();
+    let tansu = ess_stack::install::broker_path(&stack.cache_dir, BrokerBuild::Durable);
+    assert!(tansu.is_file(), "{} missing", tansu.display());
+    let mut s = Secured::start().await;
+    let port = s.https_port + 7;
+    let url = format!("tcp://127.0.0.1:{port}");
+    // The storage URL's path is taken relative to the working directory.
+    let dir = s.path().to_owned();
+    let broker = |authenticate: bool| {
+        let mut cmd = Command::new(&tansu);
+        cmd.arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://scram.db"])
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn");
+        if authenticate {
+            cmd.arg("--authentication");
+        }
+        cmd
+    };
+    let listening = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "durable broker not listening");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let log = s.file("durable-setup.log");
+    s.procs.spawn("durable", &mut broker(false), &log);
+    listening().await;
+    run(Command::new(&tansu)
+        .args([
+            "user",
+            "create",
+            "ess",
+            "scram-s3cret",
+            "--mechanism",
+            "scram512",
+        ])
+        .args(["--broker", &url]));
+    s.procs.stop("durable");
+    let log = s.file("durable.log");
+    s.procs.spawn("durable", &mut broker(true), &log);
+    listening().await;
+
+    let config = s.write_config("scram", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let tls = format!(
+        "[kafka.tls]\nenabled = true\nca_file = \"{}\"\n",
+        s.file("ca.pem").display()
+    );
+    assert!(text.contains(&tls), "{text}");
+    let text = text
+        .replace(
+            &format!("brokers = \"127.0.0.1:{}\"", s.kafka_tls_port),
+            &format!("brokers = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            &tls,
+            "[kafka.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"ess\"\npassword = \"scram-s3cret\"\n",
+        );
+    std::fs::write(&config, text).unwrap();
+    refused(
+        &config,
+        "migrate",
+        &["kafka.sasl.password=not-it"],
+        "kafka.sasl.password",
+        Duration::from_secs(8),
+    );
+    carry_events(&mut s, &config).await;
 }
 
 /// Runs `ess <command>` with `sets`: it must exit unsuccessfully within `within` (it is
