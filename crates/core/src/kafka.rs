@@ -112,7 +112,13 @@ impl ProbeContext {
 
 impl ClientContext for ProbeContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+        // A broker that closes the connection is logged at info level (`FAIL`), and that is
+        // where librdkafka says why: a plaintext client at a TLS listener, or a client
+        // without SASL at a broker that requires it.
+        let level = level as i32;
+        if level <= RDKafkaLogLevel::Warning as i32
+            || (fac == "FAIL" && level <= RDKafkaLogLevel::Info as i32)
+        {
             self.push(format!("{fac}: {log_message}"));
         }
     }
@@ -124,32 +130,60 @@ impl ClientContext for ProbeContext {
 
 impl ConsumerContext for ProbeContext {}
 
+/// How long a connection had been in `state` when librdkafka reported it failed ("… (after
+/// 12ms in state UP)"), if the report says.
+fn millis_in_state(report: &str, state: &str) -> Option<u64> {
+    let end = report.find(&format!("ms in state {state}"))?;
+    let start = report[..end].rfind("after ")? + "after ".len();
+    report[start..end].parse().ok()
+}
+
 /// The settings a librdkafka report points at, or `None` when it says nothing about them.
-fn blame(report: &str) -> Option<&'static str> {
+/// `tls` and `sasl` are whether the client used them.
+fn blame(report: &str, tls: bool, sasl: bool) -> Option<&'static str> {
     let r = report.to_ascii_lowercase();
-    if r.contains("certificate verify failed") {
+    let says = |words: &[&str]| words.iter().any(|w| r.contains(w));
+    let cut = says(&[
+        "disconnected",
+        "send failed",
+        "connection reset",
+        "broken pipe",
+    ]);
+    // A Kafka broker answers ApiVersions on any listener; a TLS listener drops the plaintext
+    // request instead (librdkafka adds its own hint only when the peer closed cleanly, not
+    // when it reset the connection).
+    let dropped_first_request = cut && r.contains("in state apiversion_query");
+    // A broker that requires SASL answers ApiVersions, then drops the first other request
+    // of a client that did not authenticate (librdkafka's own hint for it needs a clean
+    // close, too).
+    let dropped_after_up = cut && millis_in_state(&r, "up").is_some_and(|ms| ms < 2000);
+    if says(&[
+        "certificate verify failed",
+        "failed to verify broker certificate",
+    ]) {
         Some(
             "kafka.tls.ca_file (the CA that signed the brokers' certificates) and kafka.tls.verify_hostname",
         )
-    } else if r.contains("ssl.ca.location")
-        || r.contains("ssl.certificate")
-        || r.contains("ssl.key")
-    {
+    } else if says(&["ssl.ca.location", "ssl.certificate", "ssl.key"]) {
         Some("kafka.tls.ca_file, kafka.tls.cert_file and kafka.tls.key_file")
-    } else if r.contains("connecting to a ssl listener") || r.contains("connecting to a sasl_ssl") {
-        Some("kafka.tls.enabled (the listener expects TLS)")
-    } else if r.contains("ssl handshake failed")
-        || r.contains("wrong version number")
-        || r.contains("during ssl")
+    } else if says(&["connecting to a ssl listener", "connecting to a sasl_ssl"])
+        || (dropped_first_request && !tls)
     {
+        Some("kafka.tls.enabled (the listener dropped a plaintext request: it expects TLS)")
+    } else if says(&["might require sasl authentication"]) || (dropped_after_up && !sasl) {
+        Some("kafka.sasl.mechanism (the broker requires SASL authentication)")
+    } else if says(&["ssl handshake failed", "in state ssl_handshake"]) {
+        // The handshake was refused, cut off or never answered: most often a listener that
+        // does not speak TLS at all.
         Some(
-            "kafka.tls.enabled (the listener may not speak TLS), kafka.tls.ca_file, kafka.tls.cert_file and kafka.tls.key_file",
+            "kafka.tls.enabled (is the listener TLS? a plaintext listener does not answer the handshake), kafka.tls.ca_file, kafka.tls.cert_file and kafka.tls.key_file",
         )
-    } else if r.contains("unsupported sasl mechanism")
+    } else if says(&["unsupported sasl mechanism", "state auth_handshake"])
         || (r.contains("sasl mechanism") && r.contains("not supported"))
     {
-        Some("kafka.sasl.mechanism")
-    } else if r.contains("authentication") || r.contains("sasl") {
+        // Refused, or the connection closed, at the SASL handshake (before any password).
+        Some("kafka.sasl.mechanism (the broker does not offer it, or does not use SASL)")
+    } else if says(&["authentication", "sasl"]) {
         Some("kafka.sasl.mechanism, kafka.sasl.username and kafka.sasl.password")
     } else {
         None
@@ -163,16 +197,21 @@ fn blame(report: &str) -> Option<&'static str> {
 /// call it from a blocking thread.
 pub fn check_connection(config: &KafkaConfig, timeout: Duration) -> Result<(), ConnectError> {
     let context = ProbeContext::default();
+    // A listener that does not speak TLS may hold a TLS handshake open without answering:
+    // give up on it in half the time, so that is reported rather than "no answer".
+    let setup = (timeout / 2).max(Duration::from_secs(1)).as_millis();
     let consumer: BaseConsumer<ProbeContext> = client_config(config)
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "1000")
-        .set_log_level(RDKafkaLogLevel::Warning)
+        .set("socket.connection.setup.timeout.ms", setup.to_string())
+        .set_log_level(RDKafkaLogLevel::Info)
         .create_with_context(context)?;
     let refused = |reason: String, setting| ConnectError::Refused {
         brokers: config.brokers.clone(),
         reason,
         setting,
     };
+    let sasl = config.sasl.mechanism.librdkafka_name().is_some();
     let deadline = Instant::now() + timeout;
     loop {
         let step =
@@ -182,7 +221,10 @@ pub fn check_connection(config: &KafkaConfig, timeout: Duration) -> Result<(), C
         // message can come back).
         let _ = consumer.poll(Duration::ZERO);
         let reports = consumer.context().reports();
-        if let Some((report, setting)) = reports.iter().find_map(|r| blame(r).map(|s| (r, s))) {
+        let blamed = reports
+            .iter()
+            .find_map(|r| blame(r, config.tls.enabled, sasl).map(|s| (r, s)));
+        if let Some((report, setting)) = blamed {
             return Err(refused(report.clone(), setting));
         }
         match answered {
@@ -262,31 +304,73 @@ mod tests {
 
     #[test]
     fn librdkafka_reports_point_at_the_settings() {
-        // Reports as librdkafka 2.12 words them.
+        // Reports as librdkafka 2.12 words them (TLS on?, report, a setting it must name), for a
+        // client without SASL.
         let cases = [
             (
+                true,
                 "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured",
                 "kafka.tls.ca_file",
             ),
             (
+                false,
                 "127.0.0.1:9093/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10",
                 "kafka.tls.enabled",
             ),
             (
+                false,
+                "FAIL: [thrd:127.0.0.1:28503/bootstrap]: 127.0.0.1:28503/bootstrap: Disconnected: connection reset by peer (after 9ms in state APIVERSION_QUERY)",
+                "kafka.tls.enabled",
+            ),
+            (
+                true,
+                "FAIL: [thrd:ssl://127.0.0.1:28174/bootstrap]: ssl://127.0.0.1:28174/bootstrap: Connection setup timed out in state SSL_HANDSHAKE (after 5002ms in state SSL_HANDSHAKE)",
+                "kafka.tls.enabled",
+            ),
+            (
+                false,
+                "FAIL: [thrd:sasl_plaintext://127.0.0.1:28501/bootstrap]: sasl_plaintext://127.0.0.1:28501/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 1ms in state AUTH_HANDSHAKE)",
+                "kafka.sasl.mechanism",
+            ),
+            (
+                false,
                 "sasl_plaintext://127.0.0.1:9092/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
                 "kafka.sasl.password",
             ),
         ];
-        for (report, setting) in cases {
-            let blamed = blame(report).unwrap_or_default();
+        for (tls, report, setting) in cases {
+            let blamed = blame(report, tls, false).unwrap_or_default();
             assert!(blamed.contains(setting), "{report} → {blamed}");
         }
+        for tls in [false, true] {
+            assert_eq!(
+                blame(
+                    "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused (after 0ms in state CONNECT)",
+                    tls,
+                    false
+                ),
+                None
+            );
+        }
+        // Over TLS, a drop at the first request is not a plaintext client's mistake.
         assert_eq!(
             blame(
-                "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+                "ssl://127.0.0.1:9093/bootstrap: Disconnected: connection reset by peer (after 3ms in state APIVERSION_QUERY)",
+                true,
+                false
             ),
             None
         );
+        // A client without SASL dropped right after the handshake: the broker wants SASL. Not
+        // so long after it (an idle connection closed), nor for a client that authenticated.
+        let up = |ms: u32| {
+            format!(
+                "FAIL: [thrd:127.0.0.1:28501/bootstrap]: 127.0.0.1:28501/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after {ms}ms in state UP)"
+            )
+        };
+        assert!(blame(&up(0), false, false).is_some_and(|b| b.contains("kafka.sasl.mechanism")));
+        assert_eq!(blame(&up(600_000), false, false), None);
+        assert_eq!(blame(&up(0), false, true), None);
     }
 
     #[test]

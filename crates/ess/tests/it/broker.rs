@@ -94,7 +94,9 @@ async fn produced_message_is_consumed_in_a_group_with_committed_offsets() {
 async fn durable_broker_keeps_messages_and_committed_offsets_across_a_restart() {
     const PARTITIONS: i32 = 2;
     const FIRST: u64 = 1_000;
-    if !durable_broker_installed() {
+    if !durable_broker_installed(
+        "durable_broker_keeps_messages_and_committed_offsets_across_a_restart",
+    ) {
         return;
     }
     let private = PrivateBroker::start(BrokerBuild::Durable).await;
@@ -183,9 +185,10 @@ async fn durable_broker_keeps_messages_and_committed_offsets_across_a_restart() 
         .await;
 }
 
-/// Whether the durable build is in the stack's cache. Missing, it is a failure in CI and a
-/// printed notice elsewhere (installing it would make one test take 10 minutes).
-fn durable_broker_installed() -> bool {
+/// Whether the durable build is in the stack's cache, for `test` (named in the notice).
+/// Missing, it is a failure in CI and a printed notice elsewhere (installing it would make
+/// one test take 10 minutes).
+pub(crate) fn durable_broker_installed(test: &str) -> bool {
     let cache_dir = StackConfig::default().cache_dir;
     if ess_stack::install::is_installed(&cache_dir, BrokerBuild::Durable) {
         return true;
@@ -197,9 +200,8 @@ fn durable_broker_installed() -> bool {
         cache_dir.display()
     );
     eprintln!(
-        "NOT RUN: durable_broker_keeps_messages_and_committed_offsets_across_a_restart needs \
-         the durable broker; install it once with `ess stack install --broker durable` \
-         (about 10 minutes of compiling)"
+        "NOT RUN: {test} needs the durable broker; install it once with \
+         `ess stack install --broker durable` (about 10 minutes of compiling)"
     );
     false
 }

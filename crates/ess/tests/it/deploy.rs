@@ -265,6 +265,98 @@ fn compose_and_manifests_parse_and_set_only_keys_ess_knows() {
     assert!(dockerfile.matches("\nFROM ").count() >= 2, "multi-stage");
 }
 
+/// Whether one `.dockerignore` pattern component matches one path component (`*` any run of
+/// characters, `?` one character).
+fn component_matches(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => {
+            (0..=name.len()).any(|skip| component_matches(rest, &name[skip..]))
+        }
+        (Some((b'?', rest)), Some((_, tail))) => component_matches(rest, tail),
+        (Some((p, rest)), Some((n, tail))) => p == n && component_matches(rest, tail),
+        _ => false,
+    }
+}
+
+/// Whether `pattern` (components, `**` for any number of them) matches `path` exactly.
+fn pattern_matches(pattern: &[&str], path: &[&str]) -> bool {
+    match (pattern.split_first(), path.split_first()) {
+        (None, None) => true,
+        (Some((&"**", rest)), _) => {
+            (0..=path.len()).any(|skip| pattern_matches(rest, &path[skip..]))
+        }
+        (Some((p, rest)), Some((n, tail))) => {
+            component_matches(p.as_bytes(), n.as_bytes()) && pattern_matches(rest, tail)
+        }
+        _ => false,
+    }
+}
+
+/// Whether Docker leaves `path` (relative to the build context) out of the context: a
+/// pattern excludes a path when it matches the path or one of its directories, and the last
+/// matching pattern wins (`!` re-includes).
+fn docker_ignores(ignore_file: &str, path: &str) -> bool {
+    let path: Vec<&str> = path.split('/').collect();
+    let mut ignored = false;
+    for line in ignore_file.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keep, pattern) = match line.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, line),
+        };
+        let pattern: Vec<&str> = pattern
+            .trim_matches('/')
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        if (1..=path.len()).any(|n| pattern_matches(&pattern, &path[..n])) {
+            ignored = !keep;
+        }
+    }
+    ignored
+}
+
+#[test]
+fn dockerignore_keeps_what_the_image_build_needs_and_leaves_out_output_and_state() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore");
+    // The Dockerfile builds from the whole context (`COPY . .`, then cargo): every tracked
+    // file of the workspace's manifests and crates must reach it.
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("COPY . ."), "{dockerfile}");
+    let tracked = Command::new("git")
+        .args(["ls-files", "Cargo.toml", "Cargo.lock", "crates"])
+        .current_dir(&root)
+        .output()
+        .expect("git");
+    let tracked = String::from_utf8(tracked.stdout).unwrap();
+    assert!(tracked.lines().count() > 50, "{tracked}");
+    for file in tracked.lines() {
+        assert!(
+            !docker_ignores(&ignore, file),
+            ".dockerignore leaves out {file}, which the build needs"
+        );
+    }
+    for out in [
+        "target/release/ess",
+        "target/sdk/node/node_modules/x/index.js",
+        ".ess/clickhouse/1/data/x.bin",
+        "crates/sink/.ess/broker.log",
+        ".git/HEAD",
+        "bench/out/wrk.txt",
+        "bench/.venv/bin/python",
+        "deploy/tls/server.key",
+    ] {
+        assert!(
+            docker_ignores(&ignore, out),
+            "{out} goes into the image's build context"
+        );
+    }
+}
+
 /// (cluster name, shards as (internal_replication, replica count)) of `remote_servers`.
 fn cluster_shape(xml: &str) -> (String, Vec<(String, usize)>) {
     let doc = roxmltree::Document::parse(xml).unwrap();
@@ -445,7 +537,8 @@ async fn dashboard_and_alerts_name_only_metrics_a_running_ingest_and_sink_export
     }
     assert!(used.len() >= 10, "{used:?}");
     // Alerts may also watch counters that only appear once something goes wrong (insert
-    // retries, a paused sink); those must at least be names the code records.
+    // retries, a paused sink, a fence that waited or skipped a node); those must at least be
+    // names the code records.
     let mut alerts = BTreeSet::new();
     for group in yaml("prometheus/alerts.yml")[0]["groups"]
         .as_sequence()
@@ -455,19 +548,32 @@ async fn dashboard_and_alerts_name_only_metrics_a_running_ingest_and_sink_export
             metric_names(rule["expr"].as_str().unwrap(), &mut alerts);
         }
     }
-    let sources: String = ["ingest/src/metrics.rs", "sink/src/monitoring.rs"]
-        .iter()
-        .map(|f| {
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(f))
-                .unwrap()
-        })
-        .collect();
-    let rare: BTreeSet<String> = ["ess_sink_insert_retries_total", "ess_sink_paused"]
-        .map(str::to_owned)
-        .into();
+    let sources: String = [
+        "ingest/src/metrics.rs",
+        "sink/src/monitoring.rs",
+        "sink/src/reconcile.rs",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(f)).unwrap()
+    })
+    .collect();
+    let rare: BTreeSet<String> = [
+        "ess_sink_insert_retries_total",
+        "ess_sink_paused",
+        "ess_sink_fence_waits_total",
+        "ess_sink_fence_unreachable_total",
+    ]
+    .map(str::to_owned)
+    .into();
     for name in &alerts {
+        // A histogram is recorded under its own name and exported as _bucket/_sum/_count.
+        let recorded = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
         assert!(
-            sources.contains(&format!("\"{name}\"")),
+            sources.contains(&format!("\"{recorded}\"")),
             "alert on {name}, which ess does not record"
         );
     }
