@@ -558,10 +558,13 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
     let broker = Broker::start(broker_port, &config.kafka).await;
     let port = free_port();
     let shutdown_timeout = Duration::from_secs(3);
+    // librdkafka keeps undelivered events for 30 s (an operator's override of the delivery
+    // timeout), so the producer still holds some when the shutdown deadline comes.
     let mut ingest = spawn_ingest(
         &config,
         port,
-        "shutdown_timeout = \"3s\"\nproduce_timeout = \"2s\"\nlinger_ms = 1",
+        "shutdown_timeout = \"3s\"\nproduce_timeout = \"2s\"\nlinger_ms = 1\n\
+         producer = { \"message.timeout.ms\" = \"30000\", \"request.timeout.ms\" = \"30000\" }",
     );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_ready(addr).await;
