@@ -110,6 +110,10 @@ struct LoadArgs {
     /// API key sent as `Authorization: Bearer …` [default: load.api_key].
     #[arg(long, env = "ESS_LOAD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// The events' `source` [default: with an API key, that key's id in ingest.api_keys;
+    /// otherwise the run id]. With auth on, ingest takes only the key's own id.
+    #[arg(long)]
+    source: Option<String>,
     /// Open model: requests started per second, whatever the responses do.
     #[arg(long, conflicts_with = "connections")]
     rate: Option<f64>,
@@ -216,6 +220,17 @@ impl LoadArgs {
         options.max_inflight = self.max_inflight;
         options.generator.median_props_bytes = self.props_bytes.max(16);
         options.generator.dup_ratio = self.dup_ratio;
+        options.generator.source = self.source.or_else(|| {
+            let key = options.api_key.as_deref()?;
+            let found = config.ingest.api_keys.iter().find(|k| k.key == key);
+            if found.is_none() {
+                eprintln!(
+                    "ess load: the API key is not in ingest.api_keys, so its id is unknown: the \
+                     events carry the run id as source; with auth on, give --source <key id>"
+                );
+            }
+            found.map(|k| k.id.clone())
+        });
         options.progress = !self.quiet && !self.json;
         Ok(LoadCommand {
             options,

@@ -5,7 +5,8 @@
 //! closed at once, requests not yet at the producer get 503 `shutting_down`, requests whose
 //! events are with the producer are answered (each waits at most `produce_timeout` + 0.5 s),
 //! connections still open [`FLUSH_SHARE`] before the end are closed, and the producer is
-//! flushed with the time left. Connections are served by [`crate::conn`].
+//! flushed with the time left but [`TEARDOWN`], which is kept for dropping the producer (its
+//! unsent events are purged) and stopping the runtime. Connections are served by [`crate::conn`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// The end of `shutdown_timeout` kept for flushing the producer after the connections closed.
 pub const FLUSH_SHARE: Duration = Duration::from_millis(250);
+/// The end of `shutdown_timeout` kept for the teardown after the flush.
+pub const TEARDOWN: Duration = Duration::from_millis(250);
 /// File descriptors the process needs besides its connections (broker sockets, files).
 const OTHER_FDS: u64 = 64;
 
@@ -107,7 +110,7 @@ pub async fn serve(
     supervisor.abort();
     upkeep.abort();
     let producer = state.producer().clone();
-    let left = end.saturating_duration_since(tokio::time::Instant::now());
+    let left = (end - TEARDOWN).saturating_duration_since(tokio::time::Instant::now());
     let flushed = tokio::task::spawn_blocking(move || producer.flush_blocking(left)).await;
     match flushed {
         Ok(Ok(())) => tracing::info!("producer flushed; stopped"),

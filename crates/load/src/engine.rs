@@ -298,7 +298,11 @@ pub async fn run(
         events: opts.max_events,
     };
     let collector = tokio::spawn(collect(rx, live.clone(), limits, opts.progress, opts.run));
-    let generator = Arc::new(Generator::new(opts.run, opts.generator, opts.max_events));
+    let generator = Arc::new(Generator::new(
+        opts.run,
+        opts.generator.clone(),
+        opts.max_events,
+    ));
     let host = host_port(&uri).ok_or_else(|| LoadError::Target(opts.target.clone()))?;
     let sender = Arc::new(Sender {
         client,

@@ -35,7 +35,7 @@ const PATHS: [&str; 8] = [
 ];
 
 /// How the generator sizes properties and how often it re-sends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GenSettings {
     /// Median size of the `properties` object, in bytes of JSON.
     pub median_props_bytes: u32,
@@ -45,6 +45,9 @@ pub struct GenSettings {
     pub max_props_bytes: u32,
     /// Share of events (0..1) that re-send an earlier event of the run instead of a new one.
     pub dup_ratio: f64,
+    /// The events' `source`; `None`: the run id. With auth on, ingest takes only events whose
+    /// source is the API key's id.
+    pub source: Option<String>,
 }
 
 impl Default for GenSettings {
@@ -54,6 +57,7 @@ impl Default for GenSettings {
             props_sigma: 0.6,
             max_props_bytes: 8 * 1024,
             dup_ratio: 0.0,
+            source: None,
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct Body {
 #[derive(Debug)]
 pub struct Generator {
     run: RunId,
+    /// The events' `source`, as a JSON string literal.
     source: String,
     settings: GenSettings,
     next: AtomicU64,
@@ -84,7 +89,11 @@ impl Generator {
     pub fn new(run: RunId, settings: GenSettings, limit: Option<u64>) -> Self {
         Self {
             run,
-            source: run.to_string(),
+            // As a JSON string literal (a `--source` may hold any character).
+            source: serde_json::Value::from(
+                settings.source.clone().unwrap_or_else(|| run.to_string()),
+            )
+            .to_string(),
             settings,
             next: AtomicU64::new(0),
             limit: limit.unwrap_or(crate::ids::MAX_SEQ),
@@ -153,7 +162,7 @@ impl Generator {
         let id = self.run.event_id(seq);
         let _ = write!(
             out,
-            r#"{{"id":"{id}","type":"{kind}","timestamp":"{timestamp}","source":"{src}","properties":{{"seq":{seq},"session":"{session:016x}","user":"u{user}","path":"{path}""#,
+            r#"{{"id":"{id}","type":"{kind}","timestamp":"{timestamp}","source":{src},"properties":{{"seq":{seq},"session":"{session:016x}","user":"u{user}","path":"{path}""#,
             src = self.source,
             session = rng.random::<u64>(),
             user = rng.random_range(0..1_000_000u32),

@@ -12,15 +12,17 @@
 //!
 //! # Layout
 //! - [`ids`]: run ids, event ids that encode (run, sequence), compact sequence sets.
-//! - [`generator`]: the realistic event generator (types, property sizes, re-sends).
+//! - [`generator`]: the realistic event generator (types, property sizes, re-sends, the
+//!   events' `source`: the run id, or an API key's id).
 //! - [`plan`]: open and closed models, k6-like stages.
 //! - [`engine`]: the load options, the HTTP client, the open-model scheduler and the
 //!   closed-model connections.
 //! - [`http`]: a plain `GET` with the same client (readiness and metrics probes).
 //! - [`stats`]: HDR latency histograms, per-second timeline, progress line, the summary.
 //! - [`record`]: the run record `ess load` writes for `ess verify`.
-//! - [`verify`]: accepted vs stored vs unique, lost ids, replicas, end-to-end latency, and how
-//!   duplicates were counted in raw rows (merges stopped, or sampled while merges ran).
+//! - [`verify`]: which rows are a run's (its source, and its run id in the event ids),
+//!   accepted vs stored vs unique, lost ids, replicas, end-to-end latency, and how duplicates
+//!   were counted in raw rows (merges stopped, or sampled while merges ran).
 //! - [`lag`]: consumer lag of the sink's group, from the broker.
 //! - [`report`]: the comparison table, the HTML report and the PNG chart.
 
@@ -87,8 +89,12 @@ pub async fn load(
         json,
     } = command;
     let run = options.run;
+    let source = options.generator.source.clone();
     if !json {
-        eprintln!("ess load: run {run} → {}", options.target);
+        match &source {
+            Some(source) => eprintln!("ess load: run {run} (source {source}) → {}", options.target),
+            None => eprintln!("ess load: run {run} → {}", options.target),
+        }
     }
     let (summary, accepted) = match threads {
         None => run_load(options, shutdown).await?,
@@ -107,7 +113,8 @@ pub async fn load(
                 .await??
         }
     };
-    let record = RunRecord::new(summary, &accepted);
+    let mut record = RunRecord::new(summary, &accepted);
+    record.source = source.filter(|s| *s != run.to_string());
     record.write(&path)?;
     let summary = &record.summary;
     if json {

@@ -15,6 +15,9 @@ pub struct RunRecord {
     pub summary: LoadSummary,
     /// Accepted sequence numbers as half-open ranges `[start, end)`.
     pub accepted: Vec<[u64; 2]>,
+    /// The events' `source` when it is not the run id (an API key's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl RunRecord {
@@ -23,6 +26,7 @@ impl RunRecord {
         Self {
             summary,
             accepted: accepted.to_ranges(),
+            source: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! `ess verify`: what ClickHouse holds for a run, against what the load generator was told
-//! was accepted. Rows of a run are selected by `source` (the generator sets it to the run id)
-//! and each stored id is decoded back to its sequence number.
+//! was accepted. Rows of a run are selected by `source` ([`RunRows`]: the run id, or with an
+//! API key the key's id, which many runs share, and then also by the run id its event ids
+//! carry) and each stored id is decoded back to its sequence number.
 //!
 //! Duplicates are counted in raw rows, and the verdict says how ([`RawCount`]): the table is
 //! a `ReplacingMergeTree`, whose background merges delete a duplicate's extra copy within
@@ -21,6 +22,61 @@ use uuid::Uuid;
 use crate::ids::{RunId, SeqSet, decode};
 use crate::record::RunRecord;
 use crate::stats::group;
+
+/// Which rows are a run's: those with its `source`, and, when that is not the run id (an API
+/// key's id, shared by every run sent with the key), whose id carries the run id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRows {
+    /// The run.
+    pub run: RunId,
+    /// The `source` its events carry.
+    pub source: String,
+}
+
+impl From<RunId> for RunRows {
+    fn from(run: RunId) -> Self {
+        Self {
+            run,
+            source: run.to_string(),
+        }
+    }
+}
+
+impl From<&RunRecord> for RunRows {
+    fn from(record: &RunRecord) -> Self {
+        let run = record.summary.run;
+        Self {
+            run,
+            source: record.source.clone().unwrap_or_else(|| run.to_string()),
+        }
+    }
+}
+
+impl RunRows {
+    /// The `WHERE` condition; its parameters are bound by [`RunRows::bind`].
+    fn condition(&self) -> &'static str {
+        if self.source == self.run.to_string() {
+            "source = ?"
+        } else {
+            // The hyphenated id text starts with the run id's 12 hex digits (8, `-`, 4).
+            "source = ? AND substring(toString(id), 1, 13) = ?"
+        }
+    }
+
+    fn bind(&self, query: clickhouse::query::Query) -> clickhouse::query::Query {
+        let query = query.bind(self.source.as_str());
+        if self.source == self.run.to_string() {
+            return query;
+        }
+        query.bind(self.id_prefix())
+    }
+
+    /// The first 13 characters of the run's event ids as text.
+    fn id_prefix(&self) -> String {
+        let run = self.run.to_string();
+        format!("{}-{}", &run[..8], &run[8..])
+    }
+}
 
 /// One lost event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,39 +318,42 @@ impl Verifier {
 
     /// Rows and distinct ids of `run` in the queried table. (`uniqExact` of the id's text: of
     /// the UUID itself, ClickHouse 18.16 takes seconds for 100,000 rows.)
-    pub async fn counts(&self, run: RunId) -> anyhow::Result<(u64, u64)> {
-        self.client
-            .query(&format!(
-                "SELECT count(), uniqExact(toString(id)) FROM {} WHERE source = ?",
-                self.table()
-            ))
-            .bind(run.to_string())
-            .fetch_one::<(u64, u64)>()
-            .await
-            .context("count the run's rows")
+    pub async fn counts(&self, run: impl Into<RunRows>) -> anyhow::Result<(u64, u64)> {
+        let run = run.into();
+        run.bind(self.client.query(&format!(
+            "SELECT count(), uniqExact(toString(id)) FROM {} WHERE {}",
+            self.table(),
+            run.condition()
+        )))
+        .fetch_one::<(u64, u64)>()
+        .await
+        .context("count the run's rows")
     }
 
     /// Rows of `run` in the queried table (cheaper than [`Verifier::counts`]).
-    pub async fn rows(&self, run: RunId) -> anyhow::Result<u64> {
-        self.client
-            .query(&format!(
-                "SELECT count() FROM {} WHERE source = ?",
-                self.table()
-            ))
-            .bind(run.to_string())
-            .fetch_one::<u64>()
-            .await
-            .context("count the run's rows")
+    pub async fn rows(&self, run: impl Into<RunRows>) -> anyhow::Result<u64> {
+        let run = run.into();
+        run.bind(self.client.query(&format!(
+            "SELECT count() FROM {} WHERE {}",
+            self.table(),
+            run.condition()
+        )))
+        .fetch_one::<u64>()
+        .await
+        .context("count the run's rows")
     }
 
     /// Rows of `run` on each node's local table.
-    pub async fn node_counts(&self, run: RunId) -> anyhow::Result<Vec<NodeCount>> {
+    pub async fn node_counts(&self, run: impl Into<RunRows>) -> anyhow::Result<Vec<NodeCount>> {
+        let run = run.into();
         let local = format!("{}.{}", self.schema.database, self.schema.local_table());
         let mut out = Vec::new();
         for (i, (url, client)) in self.nodes.iter().enumerate() {
-            let rows = client
-                .query(&format!("SELECT count() FROM {local} WHERE source = ?"))
-                .bind(run.to_string())
+            let rows = run
+                .bind(client.query(&format!(
+                    "SELECT count() FROM {local} WHERE {}",
+                    run.condition()
+                )))
                 .fetch_one::<u64>()
                 .await
                 .with_context(|| format!("count the run's rows on {url}"))?;
@@ -309,20 +368,19 @@ impl Verifier {
         Ok(out)
     }
 
-    async fn latency(&self, run: RunId, from: &str) -> anyhow::Result<E2eMs> {
+    async fn latency(&self, run: &RunRows, from: &str) -> anyhow::Result<E2eMs> {
         let e = format!(
             "toFloat64({}) - toFloat64({})",
             self.schema.millis("store_time"),
             self.schema.millis(from)
         );
-        let row = self
-            .client
-            .query(&format!(
+        let row = run
+            .bind(self.client.query(&format!(
                 "SELECT quantilesExact(0.5, 0.9, 0.95, 0.99)(e) AS q, min(e) AS lo, max(e) AS hi, \
-                 avg(e) AS mean FROM (SELECT {e} AS e FROM {} WHERE source = ?)",
-                self.table()
-            ))
-            .bind(run.to_string())
+                 avg(e) AS mean FROM (SELECT {e} AS e FROM {} WHERE {})",
+                self.table(),
+                run.condition()
+            )))
             .fetch_one::<LatencyRow>()
             .await
             .context("end-to-end latency")?;
@@ -373,15 +431,16 @@ impl Verifier {
         list: usize,
         mut raw_count: RawCount,
     ) -> anyhow::Result<Verification> {
-        let run = record.summary.run;
+        let rows_of = RunRows::from(record);
+        let run = rows_of.run;
         let accepted = record.accepted_set();
         let started = Instant::now();
         let (rows, unique, nodes) = self
-            .wait_settled(run, accepted.len(), wait, &mut raw_count)
+            .wait_settled(&rows_of, accepted.len(), wait, &mut raw_count)
             .await?;
         let waited_s = started.elapsed().as_secs_f64();
-        let rows_final = self.rows_final(run).await?;
-        let ids = self.stored_ids(run).await?;
+        let rows_final = self.rows_final(&rows_of).await?;
+        let ids = self.stored_ids(&rows_of).await?;
         let lost_first: Vec<LostId> = accepted
             .difference(&ids.stored)
             .take(list)
@@ -409,8 +468,8 @@ impl Verifier {
             lost_first,
             stored_without_ack: ids.stored.difference(&accepted).count() as u64,
             foreign_ids: ids.foreign,
-            e2e_ms: self.latency(run, "ingest_time").await?,
-            event_to_store_ms: self.latency(run, "event_time").await?,
+            e2e_ms: self.latency(&rows_of, "ingest_time").await?,
+            event_to_store_ms: self.latency(&rows_of, "event_time").await?,
             nodes,
             replicas_consistent,
             shard_sum,
@@ -428,16 +487,16 @@ impl Verifier {
     /// ids and per-node rows.
     async fn wait_settled(
         &self,
-        run: RunId,
+        run: &RunRows,
         accepted: u64,
         wait: Duration,
         raw_count: &mut RawCount,
     ) -> anyhow::Result<(u64, u64, Vec<NodeCount>)> {
         let deadline = Instant::now() + wait;
         loop {
-            let (rows, unique) = self.counts(run).await?;
+            let (rows, unique) = self.counts(run.clone()).await?;
             raw_count.add(rows, unique);
-            let nodes = self.node_counts(run).await?;
+            let nodes = self.node_counts(run.clone()).await?;
             let settled = unique >= accepted && consistent(&nodes, rows).0;
             if settled || Instant::now() >= deadline {
                 return Ok((rows, unique, nodes));
@@ -447,28 +506,30 @@ impl Verifier {
     }
 
     /// Rows of the run as `FINAL` sees them (copies of an id collapsed).
-    async fn rows_final(&self, run: RunId) -> anyhow::Result<u64> {
-        self.client
-            .query(&format!(
-                "SELECT count() FROM {} FINAL WHERE source = ?",
-                self.table()
-            ))
-            .bind(run.to_string())
-            .fetch_one::<u64>()
-            .await
-            .context("count the run's rows with FINAL")
+    async fn rows_final(&self, run: &RunRows) -> anyhow::Result<u64> {
+        run.bind(self.client.query(&format!(
+            "SELECT count() FROM {} FINAL WHERE {}",
+            self.table(),
+            run.condition()
+        )))
+        .fetch_one::<u64>()
+        .await
+        .context("count the run's rows with FINAL")
     }
 
     /// The sequence numbers of the run's stored ids, and how many ids are not the run's.
-    async fn stored_ids(&self, run: RunId) -> anyhow::Result<StoredIds> {
+    async fn stored_ids(&self, rows: &RunRows) -> anyhow::Result<StoredIds> {
+        let run = rows.run;
         let mut ids = StoredIds {
             stored: SeqSet::new(),
             foreign: 0,
         };
-        let mut cursor = self
-            .client
-            .query(&format!("SELECT id FROM {} WHERE source = ?", self.table()))
-            .bind(run.to_string())
+        let mut cursor = rows
+            .bind(self.client.query(&format!(
+                "SELECT id FROM {} WHERE {}",
+                self.table(),
+                rows.condition()
+            )))
             .fetch::<IdRow>()
             .context("read the run's ids")?;
         while let Some(row) = cursor.next().await.context("read the run's ids")? {
@@ -643,6 +704,29 @@ impl Verification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_sent_under_a_keys_source_is_also_selected_by_its_ids() {
+        let run: RunId = "00a1b2c3d4e5".parse().unwrap();
+        let own = RunRows::from(run);
+        assert_eq!(own.condition(), "source = ?");
+        let shared = RunRows {
+            run,
+            source: "web".into(),
+        };
+        assert!(
+            shared
+                .condition()
+                .contains("substring(toString(id), 1, 13) = ?")
+        );
+        let prefix = shared.id_prefix();
+        assert_eq!(prefix.len(), 13);
+        for seq in [0, 1, 1 << 40] {
+            assert!(run.event_id(seq).to_string().starts_with(&prefix));
+        }
+        let other: RunId = "00a1b2c3d4e6".parse().unwrap();
+        assert!(!other.event_id(0).to_string().starts_with(&prefix));
+    }
 
     fn node(shard: u32, rows: u64) -> NodeCount {
         NodeCount {

@@ -1,13 +1,14 @@
 //! `ess ingest` as a process: its memory stays within the documented bound when clients send
-//! more large bodies at once than the byte budget holds, and SIGTERM ends it in time with every
-//! acknowledged event in Kafka, whatever its connections are doing.
+//! more large bodies at once than the byte budget holds, SIGTERM ends it in time with every
+//! acknowledged event in Kafka, whatever its connections are doing and even with the broker
+//! frozen, and `ess load` with an API key sends what `ess verify` then finds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ess_core::config::Config;
+use ess_core::config::{Config, StackConfig};
 use ess_testkit::{Ephemeral, eventually};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -473,5 +474,302 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
     assert!(status.success(), "{status}");
     let keys = topic_keys(&eph.config, ids.len()).await;
     assert_each_once(&keys, &ids);
+    eph.cleanup().await;
+}
+
+/// A private broker (the shared one is never frozen), stopped on drop.
+struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    /// Starts one on `port` and creates `config`'s topic with 2 partitions.
+    async fn start(port: u16, config: &ess_core::config::KafkaConfig) -> Self {
+        let binary = ess_stack::install::ensure_broker(&StackConfig::default()).expect("tansu");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let broker = Self { child };
+        let brokers = config.brokers.clone();
+        eventually(Duration::from_secs(30), "private broker answers", || {
+            let brokers = brokers.clone();
+            async move {
+                tokio::task::spawn_blocking(move || ess_stack::broker_answers(&brokers))
+                    .await
+                    .ok()
+                    .filter(|up| *up)
+            }
+        })
+        .await;
+        ess_core::kafka::ensure_topic(config, &config.topic, 2)
+            .await
+            .expect("create topic");
+        broker
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the metrics say about the producer's queue.
+async fn queue_depth(addr: SocketAddr) -> Option<f64> {
+    let mut conn = Conn::open(addr).await.ok()?;
+    conn.send(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let text = conn.response(Duration::from_secs(5)).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ess_ingest_producer_queue_depth "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowledged_event_kept() {
+    let broker_port = free_port();
+    let mut config = Config::default();
+    config.kafka.brokers = format!("127.0.0.1:{broker_port}");
+    config.kafka.topic = ess_testkit::unique("frozen");
+    let broker = Broker::start(broker_port, &config.kafka).await;
+    let port = free_port();
+    let shutdown_timeout = Duration::from_secs(3);
+    // librdkafka keeps undelivered events for 30 s (an operator's override of the delivery
+    // timeout), so the producer still holds some when the shutdown deadline comes.
+    let mut ingest = spawn_ingest(
+        &config,
+        port,
+        "shutdown_timeout = \"3s\"\nproduce_timeout = \"2s\"\nlinger_ms = 1\n\
+         producer = { \"message.timeout.ms\" = \"30000\", \"request.timeout.ms\" = \"30000\" }",
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_ready(addr).await;
+
+    // Acknowledged before the broker stops answering.
+    let mut ids = Vec::new();
+    let mut conn = Conn::open(addr).await.expect("connect");
+    for _ in 0..20 {
+        conn.send(&post("/v1/events", r#"{"type":"before"}"#)).await;
+        ids.extend(conn.response(Duration::from_secs(10)).await.ids());
+    }
+
+    // Frozen: its sockets stay open, nothing is answered.
+    broker.signal("STOP");
+    let mut in_flight = Vec::new();
+    for _ in 0..8 {
+        let mut conn = Conn::open(addr).await.expect("connect");
+        conn.send(&post(
+            "/v1/events/batch",
+            r#"[{"type":"f"},{"type":"f"},{"type":"f"}]"#,
+        ))
+        .await;
+        in_flight.push(conn);
+    }
+    // A body still streaming.
+    let mut uploading = Conn::open(addr).await.expect("connect");
+    uploading
+        .send(
+            format!(
+                "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
+                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
+            )
+            .as_bytes(),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(5),
+        "24 events in the producer",
+        || async move { (queue_depth(addr).await >= Some(24.0)).then_some(()) },
+    )
+    .await;
+
+    sigterm(&ingest.child);
+    let signalled = Instant::now();
+    let tasks: Vec<_> = in_flight
+        .into_iter()
+        .map(|mut conn| tokio::spawn(async move { conn.response(Duration::from_secs(10)).await }))
+        .collect();
+    let refused = uploading.response(Duration::from_secs(10)).await;
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("client task"));
+    }
+    assert_eq!(refused.status(), Some(503), "{}", refused.text());
+    assert_eq!(refused.json()["error"], "shutting_down");
+    for answer in &answers {
+        match answer.status() {
+            Some(202) => ids.extend(answer.ids()),
+            Some(503) => {
+                // Not confirmed in time: each event is `unknown`, never `stored`.
+                let json = answer.json();
+                let results = json["results"].as_array().expect("results");
+                assert!(results.iter().all(|r| r["status"] != "stored"), "{json}");
+            }
+            _ => panic!("unexpected answer: {}", answer.text()),
+        }
+    }
+    // The process ends by the deadline, with status 0, although the producer still holds
+    // events the broker never acknowledged.
+    let deadline = signalled + shutdown_timeout + Duration::from_secs(1);
+    let status = loop {
+        if let Some(status) = ingest.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ess ingest still running {shutdown_timeout:?} + 1 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    assert!(status.success(), "{status}");
+
+    broker.signal("CONT");
+    let keys = topic_keys(&config, ids.len()).await;
+    assert_each_once(&keys, &ids);
+}
+
+/// `ess` with `config` and `args`, waiting for it; its stdout.
+fn ess(config: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ess"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run ess");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_with_an_api_key_sends_the_keys_source_and_verify_finds_every_event() {
+    let eph = Ephemeral::new(2).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("ess.toml");
+    let c = &eph.config;
+    // One file for every command: auth on (the default) with the key `t`.
+    std::fs::write(
+        &config_path,
+        format!(
+            "[kafka]\ntopic = \"{}\"\ndlq_topic = \"{}\"\n\n[clickhouse]\ndatabase = \"{}\"\n\n\
+             [ingest]\nlisten = \"127.0.0.1:{port}\"\n\
+             api_keys = [{{ id = \"t\", key = \"{KEY}\" }}]\n\n\
+             [sink]\ngroup_id = \"{}\"\nlisten = \"127.0.0.1:0\"\nsession_timeout_ms = 2000\n\
+             heartbeat_interval_ms = 500\nbatch_max_wait = \"100ms\"\n\n\
+             [stack]\nstate_dir = \"{}\"\n",
+            c.kafka.topic,
+            c.kafka.dlq_topic,
+            c.clickhouse.database,
+            c.sink.group_id,
+            dir.path().display()
+        ),
+    )
+    .expect("write config");
+    let spawn = |command: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ess"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg(command)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ess {command}: {e}"))
+    };
+    let ingest = Ingest {
+        child: spawn("ingest"),
+        _dir: tempfile::tempdir().expect("temp dir"),
+    };
+    let sink = Ingest {
+        child: spawn("sink"),
+        _dir: tempfile::tempdir().expect("temp dir"),
+    };
+    wait_ready(([127, 0, 0, 1], port).into()).await;
+
+    // Two runs with the same key: verify tells them apart although they share the source.
+    let mut runs = Vec::new();
+    for (run, events) in [("a1b2c3d4e5f6", "300"), ("0a0b0c0d0e0f", "200")] {
+        let record = dir.path().join(format!("{run}.json"));
+        let record = record.to_str().expect("utf-8 path");
+        let target = format!("http://127.0.0.1:{port}");
+        let (status, _) = ess(
+            &config_path,
+            &[
+                "load",
+                "--target",
+                &target,
+                "--api-key",
+                KEY,
+                "--events",
+                events,
+                "--connections",
+                "4",
+                "--batch",
+                "10",
+                "--run",
+                run,
+                "--record",
+                record,
+                "--quiet",
+            ],
+        );
+        assert!(status.success(), "ess load {run}: {status}");
+        runs.push((record.to_owned(), events.parse::<u64>().expect("count")));
+    }
+    for (record, events) in &runs {
+        let (status, out) = ess(
+            &config_path,
+            &["verify", "--record", record, "--wait", "60s", "--json"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("verify output is not JSON ({e}): {out}"));
+        assert!(status.success(), "ess verify: {status}: {v}");
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["accepted"], *events, "{v}");
+        assert_eq!(v["unique_ids"], *events, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+    }
+    // Stored under the key's id.
+    let client = eph.client(&c.clickhouse.url).await;
+    let by_source = client
+        .query(&format!(
+            "SELECT source, count() FROM {} GROUP BY source",
+            c.clickhouse.table
+        ))
+        .fetch_all::<(String, u64)>()
+        .await
+        .expect("count by source");
+    assert_eq!(by_source, vec![("t".to_owned(), 500)]);
+    drop(ingest);
+    drop(sink);
     eph.cleanup().await;
 }
