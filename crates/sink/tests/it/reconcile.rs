@@ -57,6 +57,12 @@ async fn a_frozen_replica_holds_reconciliation_for_reconcile_wait_then_nothing_i
         assigned.elapsed()
     );
     assert!(assigned.elapsed() >= WAIT, "waited reconcile_wait first");
+    eventually(
+        Duration::from_secs(30),
+        "shard 1's replicas agree",
+        || async { (rows_on(&next, 1).await == rows_on(&next, 2).await).then_some(()) },
+    )
+    .await;
     assert_eq!(live().await, total, "raw rows: the 2,000 not stored again");
     let (_, metrics) = http_get(sink.addr, "/metrics").await;
     assert!(
