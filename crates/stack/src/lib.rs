@@ -477,7 +477,9 @@ impl Stack {
                 let url = format!("tcp://127.0.0.1:{}", self.config.broker_port);
                 let storage = match build {
                     BrokerBuild::Wheel => "memory://tansu/".to_owned(),
-                    BrokerBuild::Durable => format!("sqlite://{}/tansu.db", dir.display()),
+                    // tansu resolves a sqlite URL against its working directory, even an
+                    // absolute one: `tansu.db` in the broker's own directory.
+                    BrokerBuild::Durable => "sqlite://tansu.db".to_owned(),
                 };
                 let mut cmd = Command::new(binary);
                 cmd.arg("broker")
