@@ -8,7 +8,7 @@
 //! from the headers, before the body is read ([`Keys::reserve`]), and given back if the
 //! request fails before its events go to the producer.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -270,15 +270,21 @@ impl Bucket {
         }
     }
 
-    /// Whether one token is there, or how long until there will be one; takes nothing.
-    fn peek(&self, now: Instant) -> Result<(), Duration> {
+    /// The locked state and the tokens there are at `now` (refilled since the last change,
+    /// up to the burst); the caller stores what it takes.
+    fn refilled(&self, now: Instant) -> (MutexGuard<'_, (f64, Instant)>, f64) {
         let state = match self.state.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         let (tokens, last) = *state;
         let elapsed = now.saturating_duration_since(last).as_secs_f64();
-        let tokens = (tokens + elapsed * self.rate).min(self.burst);
+        (state, (tokens + elapsed * self.rate).min(self.burst))
+    }
+
+    /// Whether one token is there, or how long until there will be one; takes nothing.
+    fn peek(&self, now: Instant) -> Result<(), Duration> {
+        let tokens = self.refilled(now).1;
         if tokens >= 1.0 {
             Ok(())
         } else {
@@ -288,25 +294,13 @@ impl Bucket {
 
     /// Gives `n` tokens back (up to the burst).
     fn give_back(&self, n: f64, now: Instant) {
-        let mut state = match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let (tokens, last) = *state;
-        let elapsed = now.saturating_duration_since(last).as_secs_f64();
-        let tokens = (tokens + elapsed * self.rate).min(self.burst);
+        let (mut state, tokens) = self.refilled(now);
         *state = ((tokens + n).min(self.burst), now);
     }
 
     /// Takes `n` tokens, or says how long until there will be enough.
     fn take(&self, n: f64, now: Instant) -> Result<(), Duration> {
-        let mut state = match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let (tokens, last) = *state;
-        let elapsed = now.saturating_duration_since(last).as_secs_f64();
-        let tokens = (tokens + elapsed * self.rate).min(self.burst);
+        let (mut state, tokens) = self.refilled(now);
         if tokens >= n {
             *state = (tokens - n, now);
             Ok(())

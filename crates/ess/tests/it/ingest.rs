@@ -191,6 +191,32 @@ fn complete(bytes: &[u8]) -> Option<usize> {
     (bytes.len() >= end).then_some(end)
 }
 
+/// `batches` connections that each sent a whole batch of three events, and one that sent
+/// the head of a 100-byte event and a few bytes of its body.
+async fn in_flight_and_uploading(addr: SocketAddr, batches: usize) -> (Vec<Conn>, Conn) {
+    let mut in_flight = Vec::new();
+    for _ in 0..batches {
+        let mut conn = Conn::open(addr).await.expect("connect");
+        conn.send(&post(
+            "/v1/events/batch",
+            r#"[{"type":"f"},{"type":"f"},{"type":"f"}]"#,
+        ))
+        .await;
+        in_flight.push(conn);
+    }
+    let mut uploading = Conn::open(addr).await.expect("connect");
+    uploading
+        .send(
+            format!(
+                "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
+                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
+            )
+            .as_bytes(),
+        )
+        .await;
+    (in_flight, uploading)
+}
+
 fn post(path: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\n\
@@ -395,28 +421,8 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
         }
         quiet.push(conn);
     }
-    // In flight: with the producer when SIGTERM comes.
-    let mut in_flight = Vec::new();
-    for _ in 0..16 {
-        let mut conn = Conn::open(addr).await.expect("connect");
-        conn.send(&post(
-            "/v1/events/batch",
-            r#"[{"type":"f"},{"type":"f"},{"type":"f"}]"#,
-        ))
-        .await;
-        in_flight.push(conn);
-    }
-    // Uploading: not with the producer yet.
-    let mut uploading = Conn::open(addr).await.expect("connect");
-    uploading
-        .send(
-            format!(
-                "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
-                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
-            )
-            .as_bytes(),
-        )
-        .await;
+    // In flight: with the producer when SIGTERM comes; uploading: not with the producer yet.
+    let (mut in_flight, mut uploading) = in_flight_and_uploading(addr, 16).await;
     eventually(
         Duration::from_secs(5),
         "48 events in the producer",
@@ -579,27 +585,7 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
 
     // Frozen: its sockets stay open, nothing is answered.
     broker.signal("STOP");
-    let mut in_flight = Vec::new();
-    for _ in 0..8 {
-        let mut conn = Conn::open(addr).await.expect("connect");
-        conn.send(&post(
-            "/v1/events/batch",
-            r#"[{"type":"f"},{"type":"f"},{"type":"f"}]"#,
-        ))
-        .await;
-        in_flight.push(conn);
-    }
-    // A body still streaming.
-    let mut uploading = Conn::open(addr).await.expect("connect");
-    uploading
-        .send(
-            format!(
-                "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
-                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
-            )
-            .as_bytes(),
-        )
-        .await;
+    let (in_flight, mut uploading) = in_flight_and_uploading(addr, 8).await;
     eventually(
         Duration::from_secs(5),
         "24 events in the producer",
