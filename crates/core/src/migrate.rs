@@ -5,6 +5,9 @@
 //! - no table: create the current layout;
 //! - the current layout ([`crate::schema::SORT_KEY`]): add any column it lacks, apply
 //!   `clickhouse.ttl`, or do nothing;
+//! - the current layout with a `properties` column of the other type than
+//!   `clickhouse.properties` says (`String` vs `JSON`): move it as below, into a table with the
+//!   configured type (the old one is kept as `{local}_v2_string` or `{local}_v2_json`);
 //! - the first layout (`ORDER BY id`): move it — create the current layout beside it as
 //!   `{local}_next`; wait until the replicas of each shard hold the same rows of the old table
 //!   ([`Step::Sync`]: a replica that has not fetched every part yet would copy too few); copy
@@ -17,6 +20,10 @@
 //!   `{local}_v1` (and the checks refuse the swap when the counts move);
 //! - anything else: refuse, naming the statement that moves the table aside.
 //!
+//! A server that cannot hold what the configuration asks for is refused before anything is
+//! read ([`check_server`]): `clickhouse.ttl` before 19.6, `clickhouse.properties = "json"`
+//! before 25.3.
+//!
 //! [`plan`] says what would be done without changing anything (`ess migrate --print`).
 
 use std::collections::BTreeMap;
@@ -26,9 +33,11 @@ use std::time::{Duration, Instant};
 use ::clickhouse::Client;
 
 use crate::clickhouse::{ClickHouseError, Flavor, ServerVersion, connect};
-use crate::config::Config;
+use crate::config::{ClickHouseConfig, Config, Properties};
 use crate::kafka::ensure_topic;
-use crate::schema::{COLUMNS, Schema};
+use crate::schema::{
+    COLUMNS, JSON_TYPE_SINCE, Schema, has_json_type, properties_of_type, properties_sql,
+};
 
 /// Why migration failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,9 @@ pub enum Found {
         columns: Vec<String>,
         /// Its `CREATE TABLE` statement as the server shows it.
         create: String,
+        /// The type of its `properties` column as the server shows it (`String`, `JSON`);
+        /// `None` when it has none.
+        properties: Option<String>,
     },
 }
 
@@ -186,6 +198,8 @@ pub enum Step {
         local: String,
         /// The replicas of each shard; every one of them is asked through `table`.
         shards: Shards,
+        /// Where the moved table was kept (named when the wait fails).
+        kept: String,
     },
 }
 
@@ -214,6 +228,7 @@ impl fmt::Display for Step {
                 table,
                 local,
                 shards,
+                ..
             } => write!(
                 f,
                 "-- on {}: wait until `SELECT source, count() FROM {table} GROUP BY source` counts \
@@ -290,6 +305,102 @@ pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
     let ch = &config.clickhouse;
     let (client, version) = connect(ch, &ch.url).await?;
     let schema = Schema::new(ch, version.flavor());
+    check_server(&schema, &version)?;
+    let found = find(&client, &schema).await?;
+    let mut notes = Vec::new();
+    let steps = match move_from(&schema, &found)? {
+        None => match &found {
+            Found::Current {
+                columns, create, ..
+            } => update(&schema, columns, create),
+            _ => schema
+                .ddl()
+                .into_iter()
+                .map(|sql| Step::Sql { node: None, sql })
+                .collect(),
+        },
+        Some((columns, suffix)) => {
+            let kept_name = format!("{}{suffix}", schema.local_table());
+            let kept = format!("{}.{kept_name}", schema.database);
+            let drop_kept = format!(
+                "DROP TABLE {kept}{}{}",
+                schema.on_cluster(),
+                drop_sync(&schema)
+            );
+            if exists(&client, &schema.database, &kept_name).await? {
+                return Err(MigrateError::Refused(format!(
+                    "{} ({found}) is to be moved into a table with `properties` {}, and {kept} \
+                     exists (a table kept by an earlier migration); drop or rename it first: \
+                     {drop_kept}",
+                    schema.local_table(),
+                    properties_sql(schema.properties),
+                )));
+            }
+            notes.push(format!(
+                "the previous table is kept as {kept}; once satisfied, drop it: {drop_kept}"
+            ));
+            let shards = shard_replicas(config).await?;
+            rebuild(&schema, columns, &shards, &kept)
+        }
+    };
+    Ok(Plan {
+        version,
+        schema,
+        found,
+        steps,
+        notes,
+    })
+}
+
+/// Whether `found` must be moved into a new table (layout 1, or a `properties` column of the
+/// other type): its columns and the suffix the kept old table gets. Refuses a `properties`
+/// type ess does not write.
+fn move_from<'a>(
+    schema: &Schema,
+    found: &'a Found,
+) -> Result<Option<(&'a [String], &'static str)>, MigrateError> {
+    match found {
+        Found::Nothing => Ok(None),
+        Found::First { columns } => Ok(Some((columns, "_v1"))),
+        Found::Current {
+            columns,
+            properties,
+            ..
+        } => {
+            // A table without the column gets it added, typed as configured.
+            let Some(ty) = properties else {
+                return Ok(None);
+            };
+            match properties_of_type(ty) {
+                Some(p) if p == schema.properties => Ok(None),
+                Some(Properties::String) => Ok(Some((columns, "_v2_string"))),
+                Some(Properties::Json) => Ok(Some((columns, "_v2_json"))),
+                None => Err(MigrateError::Refused(format!(
+                    "{db}.{local} has a `properties` column of type {ty}, which ess does not \
+                     write; move the table aside and run `ess migrate` again: RENAME TABLE \
+                     {db}.{local} TO {db}.{local}_old{on}",
+                    db = schema.database,
+                    local = schema.local_table(),
+                    on = schema.on_cluster()
+                ))),
+            }
+        }
+    }
+}
+
+/// ` SYNC` on current servers: they keep a dropped replicated table's ZooKeeper path for
+/// minutes unless the drop says so, and a table made right after may need that path.
+fn drop_sync(schema: &Schema) -> &'static str {
+    if schema.flavor == Flavor::Modern {
+        " SYNC"
+    } else {
+        ""
+    }
+}
+
+/// Refuses a server that cannot hold what the configuration asks for: a table TTL before
+/// 19.6, the `JSON` type before [`JSON_TYPE_SINCE`]. Never falls back to something else.
+pub fn check_server(schema: &Schema, version: &ServerVersion) -> Result<(), MigrateError> {
     if schema.ttl_secs.is_some() && schema.flavor == Flavor::Legacy {
         return Err(MigrateError::Refused(format!(
             "`clickhouse.ttl` needs ClickHouse 19.6 or later (table TTL); this server is {}. \
@@ -301,47 +412,53 @@ pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
             schema.on_cluster()
         )));
     }
-    let found = find(&client, &schema).await?;
-    let mut notes = Vec::new();
-    let steps = match &found {
-        Found::Nothing => schema
-            .ddl()
-            .into_iter()
-            .map(|sql| Step::Sql { node: None, sql })
-            .collect(),
-        Found::Current { columns, create } => update(&schema, columns, create),
-        Found::First { columns } => {
-            let shards = shard_replicas(config).await?;
-            let kept = format!("{}.{}_v1", schema.database, schema.local_table());
-            if exists(
-                &client,
-                &schema.database,
-                &format!("{}_v1", schema.local_table()),
-            )
-            .await?
-            {
-                return Err(MigrateError::Refused(format!(
-                    "{} is in layout 1 and {kept} exists (an earlier layout kept by a previous \
-                     migration); drop or rename it first: DROP TABLE {kept}{}",
-                    schema.local_table(),
-                    schema.on_cluster()
-                )));
-            }
-            notes.push(format!(
-                "the previous table is kept as {kept}; once satisfied, drop it: DROP TABLE \
-                 {kept}{}",
-                schema.on_cluster()
-            ));
-            rebuild(&schema, columns, &shards)
-        }
+    if schema.properties == Properties::Json && !has_json_type(version) {
+        let (major, minor) = JSON_TYPE_SINCE;
+        return Err(MigrateError::Refused(format!(
+            "`clickhouse.properties = \"json\"` needs ClickHouse {major}.{minor} or later (its \
+             JSON column type; earlier versions have it only as an experimental feature, or not \
+             at all); this server is {}. Set `clickhouse.properties = \"string\"` to store \
+             properties as JSON text, which every version reads with its JSON functions",
+            version.text
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a table whose `properties` column is not of the type `clickhouse.properties`
+/// names (the sink's inserts send the column one way or the other). Passes when the table
+/// does not exist yet.
+pub async fn check_properties_column(
+    client: &Client,
+    config: &ClickHouseConfig,
+) -> Result<(), MigrateError> {
+    let sql = "SELECT type FROM system.columns WHERE database = ? AND table = ? \
+               AND name = 'properties'";
+    let local = config.local_table();
+    let found: Option<String> = client
+        .query(sql)
+        .bind(&config.database)
+        .bind(&local)
+        .fetch_optional()
+        .await
+        .map_err(ddl_error(sql))?;
+    let Some(found) = found else {
+        return Ok(());
     };
-    Ok(Plan {
-        version,
-        schema,
-        found,
-        steps,
-        notes,
-    })
+    if properties_of_type(&found) == Some(config.properties) {
+        return Ok(());
+    }
+    Err(MigrateError::Refused(format!(
+        "{}.{local} stores `properties` as {found}, but `clickhouse.properties` says {:?} ({}); \
+         run `ess migrate` with this configuration to move the table (stop every sink first), \
+         or set `clickhouse.properties` to match the table",
+        config.database,
+        match config.properties {
+            Properties::String => "string",
+            Properties::Json => "json",
+        },
+        properties_sql(config.properties),
+    )))
 }
 
 /// Runs the plan's steps in order.
@@ -391,7 +508,8 @@ pub async fn apply(config: &Config, plan: &Plan) -> Result<(), MigrateError> {
                 table,
                 local,
                 shards,
-            } => visible(&nodes, table, local, shards, &plan.schema).await?,
+                kept,
+            } => visible(&nodes, (table, local), shards, kept).await?,
         }
     }
     Ok(())
@@ -449,10 +567,9 @@ async fn sync(nodes: &Nodes, table: &str, shards: &Shards) -> Result<(), Migrate
 /// Polls until `table` on every node counts what the shards' `local` tables hold.
 async fn visible(
     nodes: &Nodes,
-    table: &str,
-    local: &str,
+    (table, local): (&str, &str),
     shards: &Shards,
-    schema: &Schema,
+    kept: &str,
 ) -> Result<(), MigrateError> {
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
     for replicas in shards {
@@ -478,7 +595,7 @@ async fn visible(
                     got: format!("{got:?}"),
                     want: format!("{want:?}"),
                     waited: SETTLE_TIMEOUT,
-                    kept: format!("{}.{}_v1", schema.database, schema.local_table()),
+                    kept: kept.to_owned(),
                 });
             }
             tokio::time::sleep(POLL).await;
@@ -534,17 +651,26 @@ async fn find(client: &Client, schema: &Schema) -> Result<Found, MigrateError> {
     let Some((sorting_key, create)) = table else {
         return Ok(Found::Nothing);
     };
-    let sql = "SELECT name FROM system.columns WHERE database = ? AND table = ?";
-    let columns: Vec<String> = client
+    let sql = "SELECT name, type FROM system.columns WHERE database = ? AND table = ?";
+    let typed: Vec<(String, String)> = client
         .query(sql)
         .bind(&schema.database)
         .bind(&local)
         .fetch_all()
         .await
         .map_err(ddl_error(sql))?;
+    let properties = typed
+        .iter()
+        .find(|(name, _)| name == "properties")
+        .map(|(_, ty)| ty.clone());
+    let columns: Vec<String> = typed.into_iter().map(|(name, _)| name).collect();
     match sorting_key.as_str() {
         "id" => Ok(Found::First { columns }),
-        key if key == crate::schema::SORT_KEY => Ok(Found::Current { columns, create }),
+        key if key == crate::schema::SORT_KEY => Ok(Found::Current {
+            columns,
+            create,
+            properties,
+        }),
         other => Err(MigrateError::Refused(format!(
             "{db}.{local} is sorted by ({other}), a layout ess does not know; move it aside and \
              run `ess migrate` again: RENAME TABLE {db}.{local} TO {db}.{local}_old{on}",
@@ -565,7 +691,7 @@ fn update(schema: &Schema, columns: &[String], create: &str) -> Vec<Step> {
             node: None,
             sql: format!(
                 "ALTER TABLE {table}{on} ADD COLUMN {name} {}",
-                ty.sql(schema.flavor)
+                schema.column_sql(*ty)
             ),
         })
         .collect();
@@ -601,11 +727,14 @@ fn recreate_distributed(schema: &Schema) -> Vec<Step> {
     ]
 }
 
-/// Steps moving a layout-1 table to the current layout (see the module docs). The copy runs
-/// on the first replica of each of `shards`; on a cluster every replica must hold every row of
-/// the old table before it and of the new one after it, and every node's Distributed table
-/// must count them all before `ess migrate` returns.
-fn rebuild(schema: &Schema, old_columns: &[String], shards: &Shards) -> Vec<Step> {
+/// Steps moving a table of layout 1, or of the current layout with the other `properties`
+/// type, to the current layout as `schema` describes it (see the module docs); the old table
+/// is renamed to `kept` (`db.name`). The copy runs on the first replica of each of `shards`
+/// (`INSERT … SELECT` converts `properties` text to the `JSON` type or back; a value the type
+/// refuses fails the copy, and nothing is swapped); on a cluster every replica must hold every
+/// row of the old table before it and of the new one after it, and every node's Distributed
+/// table must count them all before `ess migrate` returns.
+pub fn rebuild(schema: &Schema, old_columns: &[String], shards: &Shards, kept: &str) -> Vec<Step> {
     let db = &schema.database;
     let on = schema.on_cluster();
     let local = schema.local_table();
@@ -613,8 +742,9 @@ fn rebuild(schema: &Schema, old_columns: &[String], shards: &Shards) -> Vec<Step
     let (old, next, kept) = (
         format!("{db}.{local}"),
         format!("{db}.{local}_next"),
-        format!("{db}.{local}_v1"),
+        kept.to_owned(),
     );
+    let sync = drop_sync(schema);
     // Columns the old table lacks take their defaults (empty strings).
     let common: Vec<&str> = COLUMNS
         .iter()
@@ -626,7 +756,7 @@ fn rebuild(schema: &Schema, old_columns: &[String], shards: &Shards) -> Vec<Step
         // A copy left by an interrupted run is dropped and made again.
         Step::Sql {
             node: None,
-            sql: format!("DROP TABLE IF EXISTS {next}{on}"),
+            sql: format!("DROP TABLE IF EXISTS {next}{on}{sync}"),
         },
         Step::Sql {
             node: None,
@@ -671,6 +801,7 @@ fn rebuild(schema: &Schema, old_columns: &[String], shards: &Shards) -> Vec<Step
             table: format!("{db}.{}", schema.table),
             local: old,
             shards: shards.clone(),
+            kept,
         });
     }
     steps
@@ -734,7 +865,7 @@ mod tests {
             vec!["http://a".to_owned(), "http://a2".to_owned()],
             vec!["http://b".to_owned(), "http://b2".to_owned()],
         ];
-        let steps = rebuild(&schema("ess"), &old, &shards);
+        let steps = rebuild(&schema("ess"), &old, &shards, "ess.events_local_v1");
         let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
         assert!(text[1].starts_with("CREATE TABLE ess.events_local_next ON CLUSTER ess"));
         // Every replica holds every row of the old table before the copy reads one of them.
@@ -760,7 +891,12 @@ mod tests {
         );
         assert_eq!(steps.len(), 11);
         // A single server: copy, check, swap.
-        let single = rebuild(&schema(""), &old, &vec![vec!["http://a".to_owned()]]);
+        let single = rebuild(
+            &schema(""),
+            &old,
+            &vec![vec!["http://a".to_owned()]],
+            "ess.events_v1",
+        );
         assert_eq!(single.len(), 5, "{single:?}");
         assert!(matches!(&single[3], Step::Check { .. }));
     }
@@ -776,6 +912,70 @@ mod tests {
         assert_eq!(
             steps[0].to_string(),
             "ALTER TABLE ess.events ADD COLUMN ip String;"
+        );
+    }
+
+    #[test]
+    fn json_properties_are_refused_before_25_3_naming_the_key_and_the_version() {
+        let mut s = schema("ess");
+        s.properties = Properties::Json;
+        for text in ["18.16.1", "24.8.4.13", "25.2.1"] {
+            let version = ServerVersion::parse(text).unwrap();
+            s.flavor = version.flavor();
+            let err = check_server(&s, &version).unwrap_err().to_string();
+            assert!(err.contains("clickhouse.properties"), "{err}");
+            assert!(err.contains(&format!("this server is {text}")), "{err}");
+            assert!(err.contains("25.3 or later"), "{err}");
+        }
+        let current = ServerVersion::parse("25.3.2").unwrap();
+        s.flavor = current.flavor();
+        assert!(check_server(&s, &current).is_ok());
+        s.properties = Properties::String;
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        s.flavor = old.flavor();
+        assert!(check_server(&s, &old).is_ok());
+    }
+
+    #[test]
+    fn a_current_table_of_the_other_properties_type_is_moved_and_kept() {
+        let all: Vec<String> = COLUMNS.iter().map(|(n, _)| n.to_string()).collect();
+        let current = |ty: &str| Found::Current {
+            columns: all.clone(),
+            create: String::new(),
+            properties: Some(ty.to_owned()),
+        };
+        let mut s = schema("ess");
+        s.flavor = Flavor::Modern;
+        let (string, json) = (current("String"), current("JSON"));
+        assert!(move_from(&s, &string).unwrap().is_none());
+        assert_eq!(move_from(&s, &json).unwrap().unwrap().1, "_v2_json");
+        s.properties = Properties::Json;
+        assert!(move_from(&s, &json).unwrap().is_none());
+        let (columns, suffix) = move_from(&s, &string).unwrap().unwrap();
+        assert_eq!(suffix, "_v2_string");
+        let steps = rebuild(
+            &s,
+            columns,
+            &vec![vec!["http://a".to_owned()]],
+            "ess.events_local_v2_string",
+        );
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text[0],
+            "DROP TABLE IF EXISTS ess.events_local_next ON CLUSTER ess SYNC;"
+        );
+        assert!(text[1].contains("properties JSON"), "{}", text[1]);
+        assert!(text[1].contains("events_local_v2_json'"), "{}", text[1]);
+        assert!(text.iter().any(|t| t.starts_with(
+            "RENAME TABLE ess.events_local TO ess.events_local_v2_string, \
+             ess.events_local_next TO ess.events_local ON CLUSTER ess"
+        )));
+        let err = move_from(&s, &current("Object('json')"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Object('json')") && err.contains("RENAME TABLE"),
+            "{err}"
         );
     }
 }

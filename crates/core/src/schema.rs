@@ -8,12 +8,17 @@
 //! Millisecond times are `DateTime64(3, 'UTC')` on current servers and `UInt64` milliseconds
 //! since the epoch on servers without DateTime64 (before 20.1). Both are eight little-endian
 //! bytes of milliseconds in RowBinary, so one [`EventRow`] serves both.
+//!
+//! `properties` is JSON text in a `String` column, or with `clickhouse.properties = "json"`
+//! ClickHouse's `JSON` type (25.3 and later, [`JSON_TYPE_SINCE`]). The row is the same either
+//! way: the sink sends the text and the insert setting [`JSON_AS_STRING_SETTING`] makes the
+//! server parse it into the type.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clickhouse::Flavor;
-use crate::config::ClickHouseConfig;
+use crate::clickhouse::{Flavor, ServerVersion};
+use crate::config::{ClickHouseConfig, Properties};
 
 /// One stored event, in the table's column order (the order of [`COLUMNS`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, ::clickhouse::Row, Serialize, Deserialize)]
@@ -65,12 +70,17 @@ pub enum ColumnType {
     Int32,
     /// `Int64` everywhere.
     Int64,
+    /// `properties`: `String`, or `JSON` with `clickhouse.properties = "json"`
+    /// ([`Schema::column_sql`]).
+    Properties,
 }
 
 impl ColumnType {
-    /// The SQL type for `flavor`.
+    /// The SQL type for `flavor` with `properties` as JSON text (see [`Schema::column_sql`]
+    /// for the configured one).
     pub fn sql(self, flavor: Flavor) -> &'static str {
         match (self, flavor) {
+            (Self::Properties, _) => "String",
             (Self::Uuid, _) => "UUID",
             (Self::Low, Flavor::Modern) => "LowCardinality(String)",
             (Self::Low | Self::Text, _) => "String",
@@ -108,7 +118,7 @@ event_columns!(
     "event_time": Millis,
     "ingest_time": Millis,
     "store_time": Millis,
-    "properties": Text,
+    "properties": Properties,
     "kafka_partition": Int32,
     "kafka_offset": Int64,
 );
@@ -130,6 +140,41 @@ pub const SORT_KEY: &str = "source, type, event_date, id";
 /// never share one.
 pub const LAYOUT: u32 = 2;
 
+/// The first ClickHouse version (major, minor) whose `JSON` type `clickhouse.properties =
+/// "json"` uses. The type came in 24.8 behind `allow_experimental_json_type` (`enable_json_type`
+/// from 24.11) and was declared production-ready, and on by default, in 25.3; the RowBinary
+/// setting the sink needs ([`JSON_AS_STRING_SETTING`]) came in 24.10 (`system.settings_changes`).
+pub const JSON_TYPE_SINCE: (u32, u32) = (25, 3);
+
+/// The insert setting that makes RowBinary carry a `JSON` column's value as JSON text (a
+/// `String`), which is what the sink sends for `properties`. Harmless for a `String` column.
+pub const JSON_AS_STRING_SETTING: &str = "input_format_binary_read_json_as_string";
+
+/// The SQL type of the `properties` column for `properties`.
+pub fn properties_sql(properties: Properties) -> &'static str {
+    match properties {
+        Properties::String => "String",
+        Properties::Json => "JSON",
+    }
+}
+
+/// What a `properties` column of this type (as `system.columns` shows it) holds; `None` for a
+/// type ess does not write (e.g. the older experimental `Object('json')`).
+pub fn properties_of_type(sql_type: &str) -> Option<Properties> {
+    if sql_type == "String" {
+        Some(Properties::String)
+    } else if sql_type == "JSON" || sql_type.starts_with("JSON(") {
+        Some(Properties::Json)
+    } else {
+        None
+    }
+}
+
+/// Whether `version` has the `JSON` type as `clickhouse.properties = "json"` needs it.
+pub fn has_json_type(version: &ServerVersion) -> bool {
+    (version.major, version.minor) >= JSON_TYPE_SINCE
+}
+
 /// The tables of one database, for one server flavor.
 #[derive(Debug, Clone)]
 pub struct Schema {
@@ -143,6 +188,8 @@ pub struct Schema {
     pub cluster: String,
     /// Retention in seconds of event time; `None` keeps rows forever.
     pub ttl_secs: Option<u64>,
+    /// The `properties` column's type.
+    pub properties: Properties,
 }
 
 impl Schema {
@@ -154,6 +201,7 @@ impl Schema {
             table: config.table.clone(),
             cluster: config.cluster.clone(),
             ttl_secs: config.ttl.map(|t| t.as_secs()),
+            properties: config.properties,
         }
     }
 
@@ -171,13 +219,31 @@ impl Schema {
         }
     }
 
-    /// The column list, typed for the flavor.
+    /// The SQL type of a column of type `ty` in this schema.
+    pub fn column_sql(&self, ty: ColumnType) -> &'static str {
+        match ty {
+            ColumnType::Properties => properties_sql(self.properties),
+            other => other.sql(self.flavor),
+        }
+    }
+
+    /// The column list, typed for the flavor and `clickhouse.properties`.
     pub fn columns(&self) -> String {
         COLUMNS
             .iter()
-            .map(|(name, ty)| format!("{name} {}", ty.sql(self.flavor)))
+            .map(|(name, ty)| format!("{name} {}", self.column_sql(*ty)))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The end of the replicated table's ZooKeeper path: the layout, and `_json` for a JSON
+    /// `properties` column, so that a table moved from one type to the other (a new table
+    /// beside the old one, `ess migrate`) never shares the old one's path.
+    pub fn replication_suffix(&self) -> String {
+        match self.properties {
+            Properties::String => format!("_v{LAYOUT}"),
+            Properties::Json => format!("_v{LAYOUT}_json"),
+        }
     }
 
     /// SQL turning a time column into ms since the epoch (`Int64`/`UInt64`).
@@ -206,9 +272,10 @@ impl Schema {
             "ReplacingMergeTree(ingest_time)".to_owned()
         } else {
             format!(
-                "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/{local}_v{LAYOUT}', \
+                "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/{local}{suffix}', \
                  '{{replica}}', ingest_time)",
-                local = self.local_table()
+                local = self.local_table(),
+                suffix = self.replication_suffix()
             )
         };
         // `event_date` is computed by the server from the event time (inserts leave it out);
@@ -347,5 +414,46 @@ mod tests {
         let mut s = schema(Flavor::Modern, "");
         s.ttl_secs = Some(86_400);
         assert!(s.ddl()[1].ends_with("TTL toDateTime(event_time) + toIntervalSecond(86400)"));
+    }
+
+    #[test]
+    fn json_properties_are_a_json_column_under_their_own_replication_path() {
+        let mut s = schema(Flavor::Modern, "ess");
+        let string = s.ddl();
+        assert!(string[1].contains("properties String,"), "{}", string[1]);
+        s.properties = Properties::Json;
+        let ddl = s.ddl();
+        assert!(ddl[1].contains("properties JSON,"), "{}", ddl[1]);
+        assert!(ddl[1].contains("/ess/events_local_v2_json', '{replica}'"));
+        assert!(!ddl[1].contains("properties String"));
+        // Everything else is the same table.
+        assert_eq!(
+            ddl[1]
+                .replace("properties JSON", "properties String")
+                .replace("_v2_json'", "_v2'"),
+            string[1]
+        );
+        assert_eq!(
+            ddl[2], string[2],
+            "the Distributed table copies the columns"
+        );
+    }
+
+    #[test]
+    fn the_json_type_is_known_from_25_3_and_read_back_from_system_columns() {
+        let v = |t: &str| ServerVersion::parse(t).unwrap();
+        assert!(!has_json_type(&v("18.16.1")));
+        assert!(!has_json_type(&v("24.12.1")));
+        assert!(!has_json_type(&v("25.2.9")));
+        assert!(has_json_type(&v("25.3.1")));
+        assert!(has_json_type(&v("26.9.2.1")));
+        assert_eq!(properties_of_type("String"), Some(Properties::String));
+        assert_eq!(properties_of_type("JSON"), Some(Properties::Json));
+        assert_eq!(
+            properties_of_type("JSON(max_dynamic_paths=64)"),
+            Some(Properties::Json)
+        );
+        assert_eq!(properties_of_type("Object('json')"), None);
+        assert_eq!(properties_of_type("Nullable(String)"), None);
     }
 }

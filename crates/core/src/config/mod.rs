@@ -151,6 +151,38 @@ pub struct ClickHouseConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub ttl: Option<Duration>,
+    /// How the table stores `properties`: `"string"` (JSON text in a `String` column, every
+    /// server) or `"json"` (ClickHouse's `JSON` type, typed sub-columns per path; ClickHouse
+    /// 25.3 or later, `ess migrate` refuses it on older servers). The sink reads it too: with
+    /// `"json"` its inserts tell the server to parse the text it sends into that type.
+    pub properties: Properties,
+}
+
+/// The `properties` column's type (`clickhouse.properties`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Properties {
+    /// JSON text in a `String` column.
+    #[default]
+    String,
+    /// ClickHouse's `JSON` type (25.3 and later).
+    Json,
+}
+
+impl TryFrom<String> for Properties {
+    type Error = String;
+
+    /// Refuses anything but the two names, naming the whole key (toml's own message would
+    /// show only `properties`).
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "string" => Ok(Self::String),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "`clickhouse.properties` must be `string` or `json`, not {other:?}"
+            )),
+        }
+    }
 }
 
 impl Default for ClickHouseConfig {
@@ -173,6 +205,7 @@ impl Default for ClickHouseConfig {
             table: "events".into(),
             timeout: Duration::from_secs(30),
             ttl: None,
+            properties: Properties::String,
         }
     }
 }
@@ -522,6 +555,18 @@ mod tests {
         assert!(err.to_string().contains("clickhouse.database"), "{err}");
         let err = Config::load_from(None, &[], &["sink.fetch_min_bytes=0".into()]).unwrap_err();
         assert!(err.to_string().contains("sink.fetch_min_bytes"), "{err}");
+        let err =
+            Config::load_from(None, &[], &["clickhouse.properties=jsonb".into()]).unwrap_err();
+        assert!(err.to_string().contains("clickhouse.properties"), "{err}");
+        assert!(err.to_string().contains("`string` or `json`"), "{err}");
+    }
+
+    #[test]
+    fn properties_are_a_string_unless_json_is_asked_for() {
+        let c = Config::load_from(None, &[], &[]).unwrap();
+        assert_eq!(c.clickhouse.properties, Properties::String);
+        let c = Config::load_from(None, &[], &["clickhouse.properties=json".into()]).unwrap();
+        assert_eq!(c.clickhouse.properties, Properties::Json);
     }
 
     #[test]
