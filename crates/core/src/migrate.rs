@@ -273,6 +273,9 @@ pub struct Migrated {
 
 /// Creates the topics unless they exist, then brings the tables to the current layout.
 pub async fn run(config: &Config) -> Result<Migrated, MigrateError> {
+    // The plan first: a server that cannot hold the configured table is refused before
+    // anything is created.
+    let plan = plan(config).await?;
     let mut created_topics = Vec::new();
     for (topic, partitions) in [
         (&config.kafka.topic, config.kafka.partitions),
@@ -288,7 +291,6 @@ pub async fn run(config: &Config) -> Result<Migrated, MigrateError> {
             created_topics.push(topic.clone());
         }
     }
-    let plan = plan(config).await?;
     apply(config, &plan).await?;
     Ok(Migrated {
         version: plan.version,

@@ -374,6 +374,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format!("--server-version {server_version:?} is not major.minor")
                 })?;
             let schema = ess_core::schema::Schema::new(&config.clickhouse, version.flavor());
+            ess_core::migrate::check_server(&schema, &version)?;
             for statement in schema.ddl() {
                 println!("{statement};");
             }

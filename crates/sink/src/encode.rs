@@ -5,14 +5,29 @@
 //! `DateTime64(3)` (current) are both eight little-endian bytes, `LowCardinality(String)` and
 //! `String` are both a LEB128 length followed by the bytes, and a `UUID` is its two big-endian
 //! halves each written as a little-endian `UInt64`.
+//!
+//! `properties` is always sent as JSON text. A `JSON` column (`clickhouse.properties =
+//! "json"`) takes it with the insert setting of [`insert_settings`]; without it the server
+//! would read the bytes as its binary JSON encoding and refuse the block.
 
-use ess_core::schema::EventRow;
+use ess_core::config::Properties;
+use ess_core::schema::{EventRow, JSON_AS_STRING_SETTING};
 use ess_core::wire::{Millis, WireEvent};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// The column list every insert names, in [`EventRow`] order.
 pub const COLUMNS: &str = ess_core::schema::COLUMN_NAMES;
+
+/// The settings an insert of rows encoded here needs for a `properties` column of type
+/// `properties`: none for `String` (what 18.16 gets: unchanged), and for `JSON` the one that
+/// reads the column's RowBinary value as JSON text.
+pub fn insert_settings(properties: Properties) -> &'static [(&'static str, &'static str)] {
+    match properties {
+        Properties::String => &[],
+        Properties::Json => &[(JSON_AS_STRING_SETTING, "1")],
+    }
+}
 
 /// One row's fields, borrowed from wherever they are: the one place that knows the byte layout
 /// of [`ess_core::schema::COLUMNS`].

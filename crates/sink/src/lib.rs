@@ -165,7 +165,20 @@ pub async fn start(
         .collect();
     let version = ess_core::clickhouse::server_version(&clients[0].1, &clients[0].0);
     match tokio::time::timeout(ch.timeout, version).await {
-        Ok(Ok(v)) => tracing::info!(version = %v.text, "ClickHouse"),
+        Ok(Ok(v)) => {
+            tracing::info!(version = %v.text, "ClickHouse");
+            // A `properties` column of the other type would refuse every insert (and
+            // dead-letter every row): refuse to start instead.
+            let check = ess_core::migrate::check_properties_column(&clients[0].1, ch);
+            match tokio::time::timeout(ch.timeout, check).await {
+                Ok(Err(e @ ess_core::migrate::MigrateError::Refused(_))) => return Err(e.into()),
+                Ok(Err(e)) => tracing::warn!("cannot read the table's columns: {e}"),
+                Err(_) => {
+                    tracing::warn!("the table's columns were not read within {:?}", ch.timeout)
+                }
+                Ok(Ok(())) => {}
+            }
+        }
         Ok(Err(e)) => tracing::warn!("ClickHouse does not answer yet (inserts will retry): {e}"),
         Err(_) => tracing::warn!(
             "ClickHouse does not answer within {:?} (inserts will retry)",
@@ -280,6 +293,9 @@ async fn target(
     let ch = &config.clickhouse;
     let insert_client = |c: &clickhouse::Client| {
         let mut c = c.clone().with_setting("insert_deduplicate", "1");
+        for (name, value) in encode::insert_settings(ch.properties) {
+            c = c.with_setting(*name, *value);
+        }
         if config.sink.insert_quorum > 0 {
             c = c
                 .with_setting("insert_quorum", config.sink.insert_quorum.to_string())

@@ -161,20 +161,7 @@ impl Reconciler {
         client: &Client,
         from: &BTreeMap<i32, i64>,
     ) -> Result<Vec<StoredRow>, clickhouse::error::Error> {
-        let cond: Vec<String> = from
-            .iter()
-            .map(|(p, o)| format!("(kafka_partition = {p} AND kafka_offset >= {o})"))
-            .collect();
-        // PREWHERE reads `kafka_offset` alone for every row and the other columns only for
-        // the few past the lowest committed offset; on current servers the table's min/max
-        // index on `kafka_offset` skips the granules of older rows without reading them.
-        let lowest = from.values().min().copied().unwrap_or(0);
-        let sql = format!(
-            "SELECT kafka_partition, kafka_offset, id FROM {} PREWHERE kafka_offset >= {lowest} \
-             WHERE {}",
-            self.local_table,
-            cond.join(" OR ")
-        );
+        let sql = stored_rows_sql(&self.local_table, from);
         tokio::time::timeout(self.timeout, client.query(&sql).fetch_all::<StoredRow>())
             .await
             .unwrap_or(Err(clickhouse::error::Error::TimedOut))
@@ -258,6 +245,24 @@ impl Reconciler {
         }
         metrics::histogram!("ess_sink_fence_seconds").record(started.elapsed().as_secs_f64());
     }
+}
+
+/// The query reading the rows stored at or past `from`'s offset of each partition
+/// (`kafka_partition`, `kafka_offset`, `id`) from `table`.
+pub fn stored_rows_sql(table: &str, from: &BTreeMap<i32, i64>) -> String {
+    let cond: Vec<String> = from
+        .iter()
+        .map(|(p, o)| format!("(kafka_partition = {p} AND kafka_offset >= {o})"))
+        .collect();
+    // PREWHERE reads `kafka_offset` alone for every row and the other columns only for
+    // the few past the lowest committed offset; on current servers the table's min/max
+    // index on `kafka_offset` skips the granules of older rows without reading them.
+    let lowest = from.values().min().copied().unwrap_or(0);
+    format!(
+        "SELECT kafka_partition, kafka_offset, id FROM {table} PREWHERE kafka_offset >= {lowest} \
+         WHERE {}",
+        cond.join(" OR ")
+    )
 }
 
 #[cfg(test)]
