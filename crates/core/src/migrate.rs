@@ -360,7 +360,7 @@ pub async fn plan(config: &Config) -> Result<Plan, MigrateError> {
 fn move_from<'a>(
     schema: &Schema,
     found: &'a Found,
-) -> Result<Option<(&'a [String], &'static str)>, MigrateError> {
+) -> Result<Option<(&'a [String], &'static str)>, Box<MigrateError>> {
     match found {
         Found::Nothing => Ok(None),
         Found::First { columns } => Ok(Some((columns, "_v1"))),
@@ -377,14 +377,14 @@ fn move_from<'a>(
                 Some(p) if p == schema.properties => Ok(None),
                 Some(Properties::String) => Ok(Some((columns, "_v2_string"))),
                 Some(Properties::Json) => Ok(Some((columns, "_v2_json"))),
-                None => Err(MigrateError::Refused(format!(
+                None => Err(Box::new(MigrateError::Refused(format!(
                     "{db}.{local} has a `properties` column of type {ty}, which ess does not \
                      write; move the table aside and run `ess migrate` again: RENAME TABLE \
                      {db}.{local} TO {db}.{local}_old{on}",
                     db = schema.database,
                     local = schema.local_table(),
                     on = schema.on_cluster()
-                ))),
+                )))),
             }
         }
     }
@@ -402,9 +402,9 @@ fn drop_sync(schema: &Schema) -> &'static str {
 
 /// Refuses a server that cannot hold what the configuration asks for: a table TTL before
 /// 19.6, the `JSON` type before [`JSON_TYPE_SINCE`]. Never falls back to something else.
-pub fn check_server(schema: &Schema, version: &ServerVersion) -> Result<(), MigrateError> {
+pub fn check_server(schema: &Schema, version: &ServerVersion) -> Result<(), Box<MigrateError>> {
     if schema.ttl_secs.is_some() && schema.flavor == Flavor::Legacy {
-        return Err(MigrateError::Refused(format!(
+        return Err(Box::new(MigrateError::Refused(format!(
             "`clickhouse.ttl` needs ClickHouse 19.6 or later (table TTL); this server is {}. \
              Unset it, and drop old months by hand instead: \
              ALTER TABLE {}.{}{} DROP PARTITION 202601",
@@ -412,17 +412,17 @@ pub fn check_server(schema: &Schema, version: &ServerVersion) -> Result<(), Migr
             schema.database,
             schema.local_table(),
             schema.on_cluster()
-        )));
+        ))));
     }
     if schema.properties == Properties::Json && !has_json_type(version) {
         let (major, minor) = JSON_TYPE_SINCE;
-        return Err(MigrateError::Refused(format!(
+        return Err(Box::new(MigrateError::Refused(format!(
             "`clickhouse.properties = \"json\"` needs ClickHouse {major}.{minor} or later (its \
              JSON column type; earlier versions have it only as an experimental feature, or not \
              at all); this server is {}. Set `clickhouse.properties = \"string\"` to store \
              properties as JSON text, which every version reads with its JSON functions",
             version.text
-        )));
+        ))));
     }
     Ok(())
 }

@@ -752,7 +752,7 @@ async fn a_sink_configured_for_json_properties_refuses_to_start_on_a_string_tabl
     config.clickhouse.properties = ess_core::config::Properties::Json;
     config.sink.listen = "127.0.0.1:0".into();
     let started = ess_sink::start(config, std::future::pending()).await;
-    let err = format!("{:#}", started.err().expect("the sink refuses to start"));
+    let err = format!("{:#}", started.expect_err("the sink refuses to start"));
     assert!(
         err.contains("`clickhouse.properties`") && err.contains("as String"),
         "{err}"
