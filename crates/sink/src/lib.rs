@@ -13,7 +13,8 @@
 //! - [`consumer`]: the poll loop thread: batching, backpressure (pause/resume), commits,
 //!   rebalance callbacks.
 //! - [`batch`]: the batch builder (rows, bytes, age) and the sealed [`batch::Batch`].
-//! - [`encode`]: RowBinary rows straight from borrowed events.
+//! - [`encode`]: RowBinary rows straight from borrowed events, and the insert settings a
+//!   `JSON` `properties` column needs.
 //! - [`writer`]: insert tasks: retries with backoff and jitter, failover to another replica,
 //!   splitting by month and refused data, dead letters.
 //! - [`nodes`]: the nodes inserts go to, which are suspect, probing them back.
