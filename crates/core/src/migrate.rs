@@ -155,6 +155,10 @@ impl fmt::Display for Found {
         match self {
             Self::Nothing => f.write_str("no events table"),
             Self::First { .. } => f.write_str("layout 1 (ORDER BY id)"),
+            Self::Current {
+                properties: Some(ty),
+                ..
+            } => write!(f, "layout {} (properties {ty})", crate::schema::LAYOUT),
             Self::Current { .. } => write!(f, "layout {}", crate::schema::LAYOUT),
         }
     }
