@@ -1,5 +1,18 @@
 //! Test harness for integration tests against the real stack that `ess stack up` runs:
 //! its configuration, per-test topics and databases, polling with a deadline.
+//!
+//! # Layout
+//!
+//! - this file: the stack's configuration, [`Ephemeral`] topics and databases, [`eventually`].
+//! - [`http`]: a raw HTTP/1.1 connection for what well-behaved clients never do (half-sent
+//!   heads, slow bodies, idling), and the request bytes the tests send on it.
+//! - [`topic`]: reading a topic back from the beginning, and checking every acknowledged
+//!   event is in it once.
+//! - [`broker`]: a private in-memory broker, for tests that stop or freeze it.
+
+pub mod broker;
+pub mod http;
+pub mod topic;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

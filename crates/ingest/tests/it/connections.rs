@@ -8,7 +8,8 @@ use ess_core::config::ApiKey;
 use ess_testkit::Ephemeral;
 
 use crate::harness::{
-    KEY, Raw, SLOW_KEY, Server, metric, open_files_limit, raw_post, read_topic, with_keys,
+    KEY, Raw, SLOW_KEY, Server, metric, open_files_limit, raw_post, read_topic, uploading,
+    with_keys,
 };
 
 /// The first part of a request head, never finished.
@@ -211,14 +212,7 @@ async fn a_slow_body_gets_408() {
     let (server, _client) = Server::ready(config.clone()).await;
     let mut raw = Raw::connect(server.addr).await;
     let started = Instant::now();
-    raw.send(
-        format!(
-            "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
-             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
-        )
-        .as_bytes(),
-    )
-    .await;
+    raw.send(&uploading(KEY)).await;
     let reply = raw.response(Duration::from_secs(10)).await;
     let took = started.elapsed();
     assert_eq!(reply.status(), Some(408), "{}", reply.text());

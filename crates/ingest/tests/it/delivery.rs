@@ -207,15 +207,7 @@ async fn shutdown_answers_every_request_already_with_the_producer() {
         .collect();
     // A request still sending its body is not with the producer.
     let mut uploading = Raw::connect(server.addr).await;
-    uploading
-        .send(
-            format!(
-                "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
-                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
-            )
-            .as_bytes(),
-        )
-        .await;
+    uploading.send(&ess_testkit::http::uploading(KEY)).await;
     ess_testkit::eventually(
         Duration::from_secs(5),
         "every request's events in the producer",
