@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - this file: the stack's configuration, [`Ephemeral`] topics and databases, [`eventually`].
+//! - this file: the stack's configuration, [`Ephemeral`] topics and databases, [`eventually`],
+//!   [`stop_merges`].
 //! - [`http`]: a raw HTTP/1.1 connection for what well-behaved clients never do (half-sent
 //!   heads, slow bodies, idling), and the request bytes the tests send on it.
 //! - [`topic`]: reading a topic back from the beginning, and checking every acknowledged
@@ -102,5 +103,22 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops background merges of the test's replicated tables on every node, so a duplicate
+/// stays a row of its own until the test counts it (the tables are ReplacingMergeTree).
+pub async fn stop_merges(config: &Config) {
+    for url in config.clickhouse.all_nodes() {
+        let client = ess_core::clickhouse::client(&config.clickhouse, &url).with_validation(false);
+        client
+            .query(&format!(
+                "SYSTEM STOP MERGES {}.{}",
+                config.clickhouse.database,
+                config.clickhouse.local_table()
+            ))
+            .execute()
+            .await
+            .expect("stop merges");
     }
 }
