@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use ess_testkit::http::{KEY, Raw, raw_post, uploading};
-pub use ess_testkit::topic::{assert_exactly_once, read_topic};
+pub use ess_testkit::topic::{Record, assert_exactly_once, read_topic};
 
 /// A key with a tiny rate limit (burst 3, 1 event/s).
 pub const SLOW_KEY: &str = "slow-key-0123456789abcdef";
@@ -225,6 +225,14 @@ impl Client {
     }
 }
 
+/// Reads `config`'s topic and asserts it holds exactly the events `ids`, each once; its records.
+pub async fn assert_topic_holds(config: &Config, ids: &[String]) -> Vec<Record> {
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    assert_eq!(records.len(), ids.len());
+    assert_exactly_once(&records, ids);
+    records
+}
+
 /// The process's limit on open files (the soft limit; Linux).
 pub fn open_files_limit() -> u64 {
     std::fs::read_to_string("/proc/self/limits")
@@ -246,4 +254,95 @@ pub async fn metric(client: &Client, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A request that must be refused with `status` and a JSON body naming `code`.
+#[derive(Debug)]
+pub struct Case {
+    pub name: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+    pub status: u16,
+    pub code: &'static str,
+    /// The index of the event at fault in a batch.
+    pub index: Option<u64>,
+}
+
+impl Case {
+    /// A POST to `path` with `headers`.
+    pub fn post(
+        name: &'static str,
+        path: &'static str,
+        headers: Vec<(&'static str, String)>,
+        body: impl Into<Bytes>,
+        status: u16,
+        code: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            method: "POST",
+            path,
+            headers,
+            body: body.into(),
+            status,
+            code,
+            index: None,
+        }
+    }
+
+    /// With `key: value` instead of any `key` header it had.
+    pub fn header(mut self, key: &'static str, value: &str) -> Self {
+        self.headers.retain(|(k, _)| *k != key);
+        self.headers.push((key, value.into()));
+        self
+    }
+
+    /// Without the `key` header.
+    pub fn without(mut self, key: &'static str) -> Self {
+        self.headers.retain(|(k, _)| *k != key);
+        self
+    }
+
+    /// The error names the event at `index`.
+    pub fn at(mut self, index: u64) -> Self {
+        self.index = Some(index);
+        self
+    }
+}
+
+/// Sends every case; panics listing those not answered with their status and a JSON body
+/// whose `error` is their code, with a message and their index, for which `also` holds too.
+pub async fn assert_refused(
+    client: &Client,
+    cases: &[Case],
+    also: impl Fn(&Case, &Reply, &serde_json::Value) -> bool,
+) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let headers: Vec<(&str, &str)> =
+            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = client
+            .send(case.method, case.path, &headers, case.body.clone())
+            .await;
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+        let ok = reply.status == case.status
+            && body["error"] == case.code
+            && body["message"].as_str().is_some_and(|m| !m.is_empty())
+            && body["index"].as_u64() == case.index
+            && also(case, &reply, &body);
+        if !ok {
+            failures.push(format!(
+                "{}: expected {} {} index {:?}, got {} {}",
+                case.name,
+                case.status,
+                case.code,
+                case.index,
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
