@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ess_core::config::Config;
 use ess_testkit::broker::Broker;
-use ess_testkit::http::{self, KEY, Raw};
+use ess_testkit::http::{self, Ending, KEY, Raw};
 use ess_testkit::topic::{assert_exactly_once, read_topic};
 use ess_testkit::{Ephemeral, eventually};
 
@@ -253,12 +253,7 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
     }
     // In flight: with the producer when SIGTERM comes; uploading: not with the producer yet.
     let (mut in_flight, mut uploading) = in_flight_and_uploading(addr, 16).await;
-    eventually(
-        Duration::from_secs(5),
-        "48 events in the producer",
-        || async move { (queue_depth(addr).await >= Some(48.0)).then_some(()) },
-    )
-    .await;
+    producer_holds(addr, 48).await;
 
     sigterm(&ingest.child);
     let signalled = Instant::now();
@@ -277,28 +272,52 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
         "{open} of 450 quiet connections still open 1 s after SIGTERM"
     );
     // The upload is refused; the requests with the producer are answered 202.
-    let refused = uploading.response(Duration::from_secs(1)).await;
-    assert_eq!(refused.status(), Some(503), "{}", refused.text());
-    assert_eq!(refused.json()["error"], "shutting_down");
+    assert_shutting_down(&uploading.response(Duration::from_secs(1)).await);
     for conn in &mut in_flight {
         let answer = conn.response(Duration::from_secs(5)).await;
         ids.extend(answer.ids());
     }
     assert_eq!(ids.len(), 50 + 16 * 3);
     // The process ends in time, with status 0.
-    let deadline = signalled + shutdown_timeout + Duration::from_secs(1);
-    let status = loop {
-        if let Some(status) = ingest.child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            panic!("ess ingest still running {shutdown_timeout:?} + 1 s after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut ingest.child, signalled, shutdown_timeout).await;
     assert!(status.success(), "{status}");
     assert_in_topic_once(&eph.config, &ids).await;
     eph.cleanup().await;
+}
+
+/// Waits until the producer's queue holds at least `events`.
+async fn producer_holds(addr: SocketAddr, events: u32) {
+    let what = format!("{events} events in the producer");
+    eventually(Duration::from_secs(5), &what, || async move {
+        (queue_depth(addr).await >= Some(f64::from(events))).then_some(())
+    })
+    .await;
+}
+
+/// Asserts `answer` is the 503 of a request refused because the server is shutting down.
+fn assert_shutting_down(answer: &Ending) {
+    assert_eq!(answer.status(), Some(503), "{}", answer.text());
+    assert_eq!(answer.json()["error"], "shutting_down");
+}
+
+/// How `child` ended, which it must do within `shutdown_timeout` (and a second's grace) of
+/// being `signalled`.
+async fn exit_within(
+    child: &mut Child,
+    signalled: Instant,
+    shutdown_timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = signalled + shutdown_timeout + Duration::from_secs(1);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ess ingest still running {shutdown_timeout:?} + 1 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What the metrics say about the producer's queue.
@@ -342,12 +361,7 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
     // Frozen: its sockets stay open, nothing is answered.
     broker.signal("STOP");
     let (in_flight, mut uploading) = in_flight_and_uploading(addr, 8).await;
-    eventually(
-        Duration::from_secs(5),
-        "24 events in the producer",
-        || async move { (queue_depth(addr).await >= Some(24.0)).then_some(()) },
-    )
-    .await;
+    producer_holds(addr, 24).await;
 
     sigterm(&ingest.child);
     let signalled = Instant::now();
@@ -360,8 +374,7 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
     for task in tasks {
         answers.push(task.await.expect("client task"));
     }
-    assert_eq!(refused.status(), Some(503), "{}", refused.text());
-    assert_eq!(refused.json()["error"], "shutting_down");
+    assert_shutting_down(&refused);
     for answer in &answers {
         match answer.status() {
             Some(202) => ids.extend(answer.ids()),
@@ -376,17 +389,7 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
     }
     // The process ends by the deadline, with status 0, although the producer still holds
     // events the broker never acknowledged.
-    let deadline = signalled + shutdown_timeout + Duration::from_secs(1);
-    let status = loop {
-        if let Some(status) = ingest.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ess ingest still running {shutdown_timeout:?} + 1 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut ingest.child, signalled, shutdown_timeout).await;
     eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
     assert!(status.success(), "{status}");
 
