@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ess_core::config::{KafkaConfig, StackConfig};
 
+use crate::process::signal;
+
 /// A tansu broker of the test's own on a port of its own; killed on drop.
 #[derive(Debug)]
 pub struct Broker {
@@ -51,8 +53,8 @@ impl Broker {
     }
 
     /// Sends `signal` (`STOP`, `CONT`, …) to the broker process.
-    pub fn signal(&self, signal: &str) {
-        assert!(send_signal(&self.child, signal), "kill -{signal}");
+    pub fn signal(&self, name: &str) {
+        assert!(signal(&self.child, name), "kill -{name}");
     }
 
     /// Kills the broker and waits for it to end.
@@ -65,17 +67,8 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            send_signal(&self.child, "CONT");
+            signal(&self.child, "CONT");
         }
         self.kill();
     }
-}
-
-/// `kill -<signal>` of `child`; whether it was delivered.
-fn send_signal(child: &Child, signal: &str) -> bool {
-    Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .status()
-        .is_ok_and(|status| status.success())
 }

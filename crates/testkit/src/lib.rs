@@ -10,9 +10,11 @@
 //! - [`topic`]: reading a topic back from the beginning, and checking every acknowledged
 //!   event is in it once.
 //! - [`broker`]: a private in-memory broker, for tests that stop or freeze it.
+//! - [`process`]: running a command that must succeed, signalling a process.
 
 pub mod broker;
 pub mod http;
+pub mod process;
 pub mod topic;
 
 use std::future::Future;

@@ -79,12 +79,7 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    assert!(ess_testkit::process::signal(child, "TERM"), "kill -TERM");
 }
 
 /// `batches` connections that each sent a whole batch of three events, and one that sent

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use ess_core::schema::EventRow;
+use ess_testkit::process::run;
 
 type Captured = Arc<Mutex<Vec<(String, Bytes)>>>;
 
@@ -68,19 +69,12 @@ for stmt in open(sys.argv[2]).read().split(";\n"):
 /// Runs `script` (after [`CHDB_PRELUDE`]) in chDB with a session in `dir`, the DDL in
 /// `ddl_path` and further arguments `args`; its stdout.
 fn chdb(script: &str, dir: &Path, ddl_path: &Path, args: &[&OsStr]) -> String {
-    let out = Command::new(repo_root().join("scripts/chdb-python"))
+    let out = run(Command::new(repo_root().join("scripts/chdb-python"))
         .arg("-c")
         .arg(format!("{CHDB_PRELUDE}{script}"))
         .arg(dir.join("session"))
         .arg(ddl_path)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chDB failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(args));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -200,13 +194,7 @@ fn modern_ddl(sets: &[&str]) -> String {
     for s in sets {
         cmd.args(["--set", s]);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(run(&mut cmd).stdout).unwrap()
 }
 
 #[test]

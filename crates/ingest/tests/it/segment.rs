@@ -94,19 +94,13 @@ impl Pipeline {
 /// Runs an SDK script; returns the requests it reports (`{"status", "body"}` per line).
 fn run_sdk(program: &PathBuf, script: &str, url: &str, run: &str) -> Vec<Value> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(program)
-        .arg(root.join("tests/sdk").join(script))
-        .args([url, KEY, run])
-        .env("NODE_PATH", sdk_dir().join("node/node_modules"))
-        .output()
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = ess_testkit::process::run(
+        Command::new(program)
+            .arg(root.join("tests/sdk").join(script))
+            .args([url, KEY, run])
+            .env("NODE_PATH", sdk_dir().join("node/node_modules")),
     );
-    stdout
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
@@ -283,16 +277,11 @@ async fn serve_page() -> (String, tokio::task::JoinHandle<()>) {
 
 fn run_browser(page: &str, ingest: &str, key: &str, run: &str) -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new("node")
-        .arg(root.join("tests/sdk/browser.js"))
-        .args([page, ingest, key, run])
-        .env("NODE_PATH", sdk_dir().join("node/node_modules"))
-        .output()
-        .expect("run node browser.js");
-    assert!(
-        output.status.success(),
-        "browser.js failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = ess_testkit::process::run(
+        Command::new("node")
+            .arg(root.join("tests/sdk/browser.js"))
+            .args([page, ingest, key, run])
+            .env("NODE_PATH", sdk_dir().join("node/node_modules")),
     );
     serde_json::from_slice(&output.stdout).expect("browser.js prints JSON")
 }
