@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::api::{ApiError, json_response};
+use crate::api::{ApiError, json_response, push_accepted};
 use crate::body::{self, BodyError};
 use crate::client_event;
 use crate::cors::{self, Cors, From};
@@ -269,18 +269,8 @@ fn with_location(context: Option<&RawValue>, found: Map<String, Value>) -> Optio
 /// `200 {"success":true,"accepted":n,"ids":[…]}`: every call is in Kafka.
 fn success(ids: &[Uuid]) -> Response {
     let mut body = String::with_capacity(40 + ids.len() * 39);
-    body.push_str("{\"success\":true,\"accepted\":");
-    body.push_str(&ids.len().to_string());
-    body.push_str(",\"ids\":[");
-    let mut buf = Uuid::encode_buffer();
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push('"');
-        body.push_str(id.hyphenated().encode_lower(&mut buf));
-        body.push('"');
-    }
-    body.push_str("]}");
+    body.push_str("{\"success\":true,");
+    push_accepted(&mut body, ids);
+    body.push('}');
     json_response(StatusCode::OK, body)
 }

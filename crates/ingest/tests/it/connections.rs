@@ -8,7 +8,8 @@ use ess_core::config::ApiKey;
 use ess_testkit::Ephemeral;
 
 use crate::harness::{
-    KEY, Raw, SLOW_KEY, Server, metric, open_files_limit, raw_post, read_topic, with_keys,
+    KEY, Raw, SLOW_KEY, Server, assert_topic_holds, metric, open_files_limit, raw_post, read_topic,
+    uploading, with_keys,
 };
 
 /// The first part of a request head, never finished.
@@ -80,9 +81,7 @@ async fn half_open_connections_are_closed_by_the_head_timeout_while_others_are_s
     )
     .await;
     assert_eq!(timeouts, Some(count as f64));
-    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 1).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].key, ids[0]);
+    assert_topic_holds(&config, &ids).await;
     server.stop().await;
     eph.cleanup().await;
 }
@@ -211,14 +210,7 @@ async fn a_slow_body_gets_408() {
     let (server, _client) = Server::ready(config.clone()).await;
     let mut raw = Raw::connect(server.addr).await;
     let started = Instant::now();
-    raw.send(
-        format!(
-            "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
-             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
-        )
-        .as_bytes(),
-    )
-    .await;
+    raw.send(&uploading(KEY)).await;
     let reply = raw.response(Duration::from_secs(10)).await;
     let took = started.elapsed();
     assert_eq!(reply.status(), Some(408), "{}", reply.text());
@@ -382,13 +374,7 @@ async fn a_declared_event_count_is_charged_from_the_headers_and_checked_against_
     last.send(six.as_bytes()).await;
     let reply = last.response(Duration::from_secs(5)).await;
     assert_eq!(reply.status(), Some(202), "{}", reply.text());
-    ids.extend(
-        reply.json()["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|id| id.as_str().expect("id").to_owned()),
-    );
+    ids.extend(reply.ids());
 
     // Every accepted event is in Kafka, and nothing of the refused requests.
     let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 10).await;
