@@ -108,6 +108,14 @@ where
     }
 }
 
+/// A loopback port nothing listens on right now (the system picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Stops background merges of the test's replicated tables on every node, so a duplicate
 /// stays a row of its own until the test counts it (the tables are ReplacingMergeTree).
 pub async fn stop_merges(config: &Config) {

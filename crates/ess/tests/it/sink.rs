@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use ess_core::config::Config;
 use ess_core::wire::{Millis, WireEvent};
-use ess_testkit::{Ephemeral, eventually};
+use ess_testkit::process::signal;
+use ess_testkit::{Ephemeral, eventually, free_port, stop_merges};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -56,23 +57,6 @@ async fn count(eph: &Ephemeral) -> (u64, u64) {
         .fetch_one::<(u64, u64)>()
         .await
         .unwrap_or((0, 0))
-}
-
-/// `SYSTEM STOP MERGES` on every node's table of the test's database.
-async fn stop_merges(eph: &Ephemeral) {
-    let table = format!(
-        "{}.{}",
-        eph.config.clickhouse.database,
-        eph.migrated.schema.local_table()
-    );
-    for url in eph.config.clickhouse.all_nodes() {
-        eph.client(&url)
-            .await
-            .query(&format!("SYSTEM STOP MERGES {table}"))
-            .execute()
-            .await
-            .expect("stop merges");
-    }
 }
 
 /// Per partition, one past the highest offset stored in ClickHouse.
@@ -121,12 +105,7 @@ async fn committed_offsets(eph: &Ephemeral, partitions: i32) -> BTreeMap<i32, i6
 
 /// Sends SIGTERM and waits for the exit: it must be 0.
 async fn terminate(mut sink: Child) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(sink.id().to_string())
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    assert!(signal(&sink, "TERM"), "SIGTERM delivered");
     let exit = tokio::task::spawn_blocking(move || sink.wait())
         .await
         .expect("join")
@@ -144,14 +123,6 @@ impl Drop for KillOnDrop {
             child.wait().ok();
         }
     }
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// Partitions the sink on `port` says it holds (`ess_sink_assigned_partitions`).
@@ -203,7 +174,7 @@ pub(crate) async fn produce(producer: &FutureProducer, topic: &str, n: u64) {
 #[tokio::test]
 async fn sigkill_mid_stream_and_restart_store_every_event_exactly_once() {
     let eph = Ephemeral::new(4).await;
-    stop_merges(&eph).await;
+    stop_merges(&eph.config).await;
     let topic = eph.config.kafka.topic.clone();
     let producer: FutureProducer = ess_core::kafka::client_config(&eph.config.kafka)
         .set("enable.idempotence", "true")
@@ -271,7 +242,7 @@ async fn sigkill_mid_stream_and_restart_store_every_event_exactly_once() {
 async fn sigterm_leaves_the_group_so_the_other_sink_takes_over_before_the_session_expires() {
     const SESSION: Duration = Duration::from_secs(20);
     let eph = Ephemeral::new(4).await;
-    stop_merges(&eph).await;
+    stop_merges(&eph.config).await;
     let ports = [free_port(), free_port()];
     let spawn = |port: u16| {
         spawn_sink_with(

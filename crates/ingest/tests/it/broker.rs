@@ -4,15 +4,9 @@
 use std::time::{Duration, Instant};
 
 use ess_testkit::broker::Broker;
+use ess_testkit::free_port;
 
 use crate::harness::{Server, read_topic, with_keys};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_gives_503_and_broker_back_gives_202() {
