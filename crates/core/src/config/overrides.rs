@@ -107,29 +107,38 @@ pub(crate) fn check(
 mod tests {
     use super::super::Config;
 
-    fn refused(set: &str) -> String {
-        Config::load_from(None, &[], &[set.into()])
-            .expect_err(set)
-            .to_string()
-    }
-
     #[test]
     fn properties_that_break_a_promise_are_refused_by_name() {
-        let err = refused("ingest.producer.acks=1");
-        assert!(err.contains("ingest.producer.acks"), "{err}");
-        assert!(err.contains("every in-sync replica"), "{err}");
-        let err = refused("kafka.client.\"request.required.acks\"=0");
-        assert!(err.contains("kafka.client.request.required.acks"), "{err}");
-        let err = refused("ingest.producer.\"enable.idempotence\"=false");
-        assert!(err.contains("ingest.producer.enable.idempotence"), "{err}");
-        let err = refused("kafka.client.\"enable.auto.commit\"=true");
-        assert!(err.contains("kafka.client.enable.auto.commit"), "{err}");
-        let err = refused("kafka.client.\"group.id\"=other");
-        assert!(err.contains("sink.group_id"), "{err}");
-        let err = refused("kafka.client.\"bootstrap.servers\"=10.0.0.1:9092");
-        assert!(err.contains("kafka.brokers"), "{err}");
-        let err = refused("ingest.producer.\"transactional.id\"=t");
-        assert!(err.contains("ingest.producer.transactional.id"), "{err}");
+        for (set, named) in [
+            ("ingest.producer.acks=1", "ingest.producer.acks"),
+            ("ingest.producer.acks=1", "every in-sync replica"),
+            (
+                "kafka.client.\"request.required.acks\"=0",
+                "kafka.client.request.required.acks",
+            ),
+            (
+                "ingest.producer.\"enable.idempotence\"=false",
+                "ingest.producer.enable.idempotence",
+            ),
+            (
+                "kafka.client.\"enable.auto.commit\"=true",
+                "kafka.client.enable.auto.commit",
+            ),
+            ("kafka.client.\"group.id\"=other", "sink.group_id"),
+            (
+                "kafka.client.\"bootstrap.servers\"=10.0.0.1:9092",
+                "kafka.brokers",
+            ),
+            (
+                "ingest.producer.\"transactional.id\"=t",
+                "ingest.producer.transactional.id",
+            ),
+        ] {
+            let err = Config::load_from(None, &[], &[set.into()])
+                .expect_err(set)
+                .to_string();
+            assert!(err.contains(named), "{set}: {err}");
+        }
     }
 
     #[test]
