@@ -149,15 +149,22 @@ async fn ingest(
 ) -> Result<Vec<Uuid>, ApiError> {
     media_type(headers)?;
     let encoding = body::encoding(headers)?;
+    let basic = crate::auth::basic_user(headers);
+    let header_key = basic
+        .as_deref()
+        .or_else(|| crate::auth::presented_key(headers));
+    // A known key out of tokens is refused from the headers, before its body is read (a key
+    // given only in the body is checked once the body is parsed).
+    if let Some(key) = header_key
+        && let Ok(caller) = state.keys.check_presented(Some(key))
+    {
+        state.keys.has_tokens(&caller)?;
+    }
     let mut received_body = state.intake.receive(headers, body, encoding).await?;
     let text = client_event::as_text(&received_body.bytes)?;
     let received = Millis::now();
     let parsed = segment::parse(text, route, &state.limits, &state.tracking.sizes, received)?;
-    let basic = crate::auth::basic_user(headers);
-    let presented = basic
-        .as_deref()
-        .or_else(|| crate::auth::presented_key(headers))
-        .or(parsed.write_key.as_deref().map(str::as_bytes));
+    let presented = header_key.or(parsed.write_key.as_deref().map(str::as_bytes));
     let caller = state.keys.check_presented(presented)?;
     if state.config.auth == AuthMode::On {
         match (from, state.keys.is_public(&caller)) {
