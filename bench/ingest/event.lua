@@ -3,23 +3,8 @@
 -- Env: ESS_BENCH_KEY (API key; default matches bench/ingest/run.sh).
 
 local key = os.getenv("ESS_BENCH_KEY") or "bench-key-0123456789abcdef"
-local counter = 0
-local prefix
-
-local threads = 0
-
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-
-function init(args)
-  -- A per-thread prefix (random, plus the thread number); a counter makes each id unique.
-  local t = tid or 0
-  math.randomseed(os.time() * 7919 + t)
-  prefix = string.format("%08x-%04x-4%03x-%04x-", math.random(0, 0x7fffffff), t,
-    math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff))
-end
+-- setup, init and next_id: unique ids per thread.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../lib/ids.lua")
 
 local headers = {
   ["Content-Type"] = "application/json",
@@ -27,9 +12,8 @@ local headers = {
 }
 
 function request()
-  counter = counter + 1
+  local id, n = next_id()
   local body = string.format(
-    '{"id":"%s%012x","type":"page_view","source":"wrk","properties":{"path":"/bench","n":%d}}',
-    prefix, counter, counter)
+    '{"id":"%s","type":"page_view","source":"wrk","properties":{"path":"/bench","n":%d}}', id, n)
   return wrk.format("POST", nil, headers, body)
 end

@@ -6,14 +6,8 @@
 
 local key = os.getenv("ESS_BENCH_KEY") or "bench-key-0123456789abcdef"
 local size = tonumber(os.getenv("ESS_BENCH_BATCH") or "100")
-local counter = 0
-local prefix
-local threads = 0
-
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
+-- setup, init and next_id: unique ids per thread.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../lib/ids.lua")
 
 local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local function base64(data)
@@ -29,13 +23,6 @@ local function base64(data)
   end) .. ({ "", "==", "=" })[#data % 3 + 1])
 end
 
-function init(args)
-  local t = tid or 0
-  math.randomseed(os.time() * 7919 + t)
-  prefix = string.format("%08x-%04x-4%03x-%04x-", math.random(0, 0x7fffffff), t,
-    math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff))
-end
-
 local headers = {
   ["Content-Type"] = "application/json",
   ["Authorization"] = "Basic " .. base64(key .. ":"),
@@ -45,12 +32,12 @@ function request()
   local now = os.date("!%Y-%m-%dT%H:%M:%S.000Z")
   local parts = {}
   for i = 1, size do
-    counter = counter + 1
+    local id, n = next_id()
     parts[i] = string.format(
-      '{"type":"track","event":"page_view","messageId":"%s%012x","anonymousId":"wrk",' ..
+      '{"type":"track","event":"page_view","messageId":"%s","anonymousId":"wrk",' ..
       '"properties":{"path":"/bench","n":%d},"timestamp":"%s",' ..
       '"context":{"library":{"name":"wrk","version":"1"}},"integrations":{}}',
-      prefix, counter, counter, now)
+      id, n, now)
   end
   local body = '{"batch":[' .. table.concat(parts, ",") .. '],"sentAt":"' .. now .. '"}'
   return wrk.format("POST", nil, headers, body)

@@ -549,22 +549,21 @@ async fn sync(nodes: &Nodes, table: &str, shards: &Shards) -> Result<(), Migrate
     }
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     for replicas in shards {
-        loop {
+        let differing = until_agreed(deadline, || async move {
             let mut counts = Vec::new();
             for url in replicas {
                 counts.push((url.as_str(), per_source(nodes.get(url)?, table).await?));
             }
-            if counts.windows(2).all(|w| w[0].1 == w[1].1) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(MigrateError::Unsettled {
-                    table: table.to_owned(),
-                    waited: SETTLE_TIMEOUT,
-                    counts: format!("{counts:?}"),
-                });
-            }
-            tokio::time::sleep(POLL).await;
+            let agree = counts.windows(2).all(|w| w[0].1 == w[1].1);
+            Ok((!agree).then(|| format!("{counts:?}")))
+        })
+        .await?;
+        if let Some(counts) = differing {
+            return Err(MigrateError::Unsettled {
+                table: table.to_owned(),
+                waited: SETTLE_TIMEOUT,
+                counts,
+            });
         }
     }
     Ok(())
@@ -586,31 +585,51 @@ async fn visible(
             *want.entry(source).or_default() += n;
         }
     }
-    let want: Vec<(String, u64)> = want.into_iter().collect();
+    let want: &[(String, u64)] = &want.into_iter().collect::<Vec<_>>();
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     for url in shards.concat() {
-        loop {
-            let got = per_source(nodes.get(&url)?, table).await?;
-            if got == want {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(MigrateError::Invisible {
-                    node: url,
-                    table: table.to_owned(),
-                    got: format!("{got:?}"),
-                    want: format!("{want:?}"),
-                    waited: SETTLE_TIMEOUT,
-                    kept: kept.to_owned(),
-                });
-            }
-            tokio::time::sleep(POLL).await;
+        let node = url.as_str();
+        let short = until_agreed(deadline, || async move {
+            let got = per_source(nodes.get(node)?, table).await?;
+            Ok((got != want).then(|| format!("{got:?}")))
+        })
+        .await?;
+        if let Some(got) = short {
+            return Err(MigrateError::Invisible {
+                node: url,
+                table: table.to_owned(),
+                got,
+                want: format!("{want:?}"),
+                waited: SETTLE_TIMEOUT,
+                kept: kept.to_owned(),
+            });
         }
     }
     Ok(())
 }
 
-/// How often the waits above ask again.
+/// Calls `differing` every [`POLL`] until it finds nothing differing (`None`) or `deadline`
+/// passes; what it found differing the last time, if the deadline passed.
+async fn until_agreed<F, Fut>(
+    deadline: Instant,
+    mut differing: F,
+) -> Result<Option<String>, MigrateError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<String>, MigrateError>>,
+{
+    loop {
+        let Some(found) = differing().await? else {
+            return Ok(None);
+        };
+        if Instant::now() > deadline {
+            return Ok(Some(found));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How often [`until_agreed`] asks again.
 const POLL: Duration = Duration::from_millis(200);
 
 async fn per_source(client: &Client, table: &str) -> Result<Vec<(String, u64)>, MigrateError> {

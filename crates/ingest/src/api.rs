@@ -26,19 +26,26 @@ pub struct Accepted {
 impl IntoResponse for Accepted {
     fn into_response(self) -> Response {
         let mut body = String::with_capacity(30 + self.ids.len() * 39);
-        let _ = write!(body, "{{\"accepted\":{},\"ids\":[", self.ids.len());
-        let mut buf = Uuid::encode_buffer();
-        for (i, id) in self.ids.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push('"');
-            body.push_str(id.hyphenated().encode_lower(&mut buf));
-            body.push('"');
-        }
-        body.push_str("]}");
+        body.push('{');
+        push_accepted(&mut body, &self.ids);
+        body.push('}');
         json_response(StatusCode::ACCEPTED, body)
     }
+}
+
+/// Appends `"accepted":n,"ids":["…",…]` (the fields every success body has) to a JSON object.
+pub(crate) fn push_accepted(body: &mut String, ids: &[Uuid]) {
+    let _ = write!(body, "\"accepted\":{},\"ids\":[", ids.len());
+    let mut buf = Uuid::encode_buffer();
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push('"');
+        body.push_str(id.hyphenated().encode_lower(&mut buf));
+        body.push('"');
+    }
+    body.push(']');
 }
 
 /// One event of a batch the broker could not fully store.

@@ -390,7 +390,8 @@ fn check_context(context: &RawValue, limits: &EventLimits) -> Result<(), EventEr
     })
 }
 
-fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
+/// A name (`type`, `source`, an id, …): not blank, at most `max` bytes, no control characters.
+pub(crate) fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
     let invalid = |reason: String| Err(EventError::Invalid { field, reason });
     if value.trim().is_empty() {
         return invalid("must not be empty or blank".into());

@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::client_event::{self, EventError, EventLimits, Rejected};
+use crate::client_event::{self, EventError, EventLimits, Rejected, check_name};
 
 /// Namespace of the UUID v5 ids made from `messageId`s that are not UUIDs.
 pub const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5e6d_1c0a_7a3b_4c8e_9f21_0d4b_6a8e_e55e);
@@ -512,39 +512,8 @@ fn optional_id<'a>(
             reason: "must be a string".into(),
         })?,
     };
-    if value.trim().is_empty() {
-        return Err(EventError::Invalid {
-            field,
-            reason: "must not be empty or blank".into(),
-        });
-    }
-    if value.len() > MAX_ID_BYTES {
-        return Err(EventError::Invalid {
-            field,
-            reason: format!("is {} bytes; the limit is {MAX_ID_BYTES}", value.len()),
-        });
-    }
-    if value.chars().any(char::is_control) {
-        return Err(EventError::Invalid {
-            field,
-            reason: "must not contain control characters".into(),
-        });
-    }
+    check_name(field, &value, MAX_ID_BYTES)?;
     Ok(Some(value))
-}
-
-fn check_name(field: &'static str, value: &str, max: usize) -> Result<(), EventError> {
-    let invalid = |reason: String| Err(EventError::Invalid { field, reason });
-    if value.trim().is_empty() {
-        return invalid("must not be empty or blank".into());
-    }
-    if value.len() > max {
-        return invalid(format!("is {} bytes; the limit is {max}", value.len()));
-    }
-    if value.chars().any(char::is_control) {
-        return invalid("must not contain control characters".into());
-    }
-    Ok(())
 }
 
 fn optional_time(

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::api::{ApiError, json_response};
+use crate::api::{ApiError, json_response, push_accepted};
 use crate::body::{self, BodyError};
 use crate::client_event;
 use crate::cors::{self, Cors, From};
@@ -149,15 +149,22 @@ async fn ingest(
 ) -> Result<Vec<Uuid>, ApiError> {
     media_type(headers)?;
     let encoding = body::encoding(headers)?;
+    let basic = crate::auth::basic_user(headers);
+    let header_key = basic
+        .as_deref()
+        .or_else(|| crate::auth::presented_key(headers));
+    // A known key out of tokens is refused from the headers, before its body is read (a key
+    // given only in the body is checked once the body is parsed).
+    if let Some(key) = header_key
+        && let Ok(caller) = state.keys.check_presented(Some(key))
+    {
+        state.keys.has_tokens(&caller)?;
+    }
     let mut received_body = state.intake.receive(headers, body, encoding).await?;
     let text = client_event::as_text(&received_body.bytes)?;
     let received = Millis::now();
     let parsed = segment::parse(text, route, &state.limits, &state.tracking.sizes, received)?;
-    let basic = crate::auth::basic_user(headers);
-    let presented = basic
-        .as_deref()
-        .or_else(|| crate::auth::presented_key(headers))
-        .or(parsed.write_key.as_deref().map(str::as_bytes));
+    let presented = header_key.or(parsed.write_key.as_deref().map(str::as_bytes));
     let caller = state.keys.check_presented(presented)?;
     if state.config.auth == AuthMode::On {
         match (from, state.keys.is_public(&caller)) {
@@ -269,18 +276,8 @@ fn with_location(context: Option<&RawValue>, found: Map<String, Value>) -> Optio
 /// `200 {"success":true,"accepted":n,"ids":[…]}`: every call is in Kafka.
 fn success(ids: &[Uuid]) -> Response {
     let mut body = String::with_capacity(40 + ids.len() * 39);
-    body.push_str("{\"success\":true,\"accepted\":");
-    body.push_str(&ids.len().to_string());
-    body.push_str(",\"ids\":[");
-    let mut buf = Uuid::encode_buffer();
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push('"');
-        body.push_str(id.hyphenated().encode_lower(&mut buf));
-        body.push('"');
-    }
-    body.push_str("]}");
+    body.push_str("{\"success\":true,");
+    push_accepted(&mut body, ids);
+    body.push('}');
     json_response(StatusCode::OK, body)
 }

@@ -58,57 +58,77 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("ess_sink_rows_total", "Rows ClickHouse acknowledged");
-    describe_counter!("ess_sink_batches_total", "Batches stored");
-    describe_counter!(
+/// The counters the sink records, with their help text.
+const COUNTERS: &[(&str, &str)] = &[
+    ("ess_sink_rows_total", "Rows ClickHouse acknowledged"),
+    ("ess_sink_batches_total", "Batches stored"),
+    (
         "ess_sink_batches_abandoned_total",
-        "Batches given up on revoke or shutdown"
-    );
-    describe_counter!(
+        "Batches given up on revoke or shutdown",
+    ),
+    (
         "ess_sink_insert_retries_total",
-        "Failed insert attempts that were retried"
-    );
-    describe_counter!(
+        "Failed insert attempts that were retried",
+    ),
+    (
         "ess_sink_dlq_total",
-        "Messages sent to the dead-letter topic"
-    );
-    describe_counter!(
+        "Messages sent to the dead-letter topic",
+    ),
+    (
         "ess_sink_skipped_total",
-        "Messages skipped because reconciliation found them stored"
-    );
-    describe_counter!(
+        "Messages skipped because reconciliation found them stored",
+    ),
+    (
         "ess_sink_offset_reused_total",
-        "Messages stored although ClickHouse held another event at their offset (topic created again)"
-    );
-    describe_counter!("ess_sink_commits_total", "Offset commits");
-    describe_histogram!("ess_sink_batch_rows", "Rows per stored batch");
-    describe_histogram!("ess_sink_batch_bytes", "RowBinary bytes per stored batch");
-    describe_histogram!(
+        "Messages stored although ClickHouse held another event at their offset (topic created again)",
+    ),
+    ("ess_sink_commits_total", "Offset commits"),
+];
+
+/// The histograms the sink records, with their help text.
+const HISTOGRAMS: &[(&str, &str)] = &[
+    ("ess_sink_batch_rows", "Rows per stored batch"),
+    ("ess_sink_batch_bytes", "RowBinary bytes per stored batch"),
+    (
         "ess_sink_insert_seconds",
-        "Duration of one successful INSERT"
-    );
-    describe_histogram!(
+        "Duration of one successful INSERT",
+    ),
+    (
         "ess_sink_batch_seconds",
-        "From handing a batch to the writer to its acknowledgement"
-    );
-    describe_histogram!(
+        "From handing a batch to the writer to its acknowledgement",
+    ),
+    (
         "ess_sink_e2e_seconds",
-        "From ingest_time to ClickHouse's acknowledgement, per row"
-    );
-    describe_gauge!(
+        "From ingest_time to ClickHouse's acknowledgement, per row",
+    ),
+];
+
+/// The gauges the sink records, with their help text.
+const GAUGES: &[(&str, &str)] = &[
+    (
         "ess_sink_lag",
-        "Consumer lag per partition (messages), from librdkafka statistics"
-    );
-    describe_gauge!(
+        "Consumer lag per partition (messages), from librdkafka statistics",
+    ),
+    (
         "ess_sink_paused",
-        "1 while partitions are paused because the writer is behind"
-    );
-    describe_gauge!(
+        "1 while partitions are paused because the writer is behind",
+    ),
+    (
         "ess_sink_assigned_partitions",
-        "Partitions assigned to this sink"
-    );
+        "Partitions assigned to this sink",
+    ),
+];
+
+fn describe() {
+    for (name, help) in COUNTERS {
+        metrics::describe_counter!(*name, *help);
+    }
+    for (name, help) in HISTOGRAMS {
+        metrics::describe_histogram!(*name, *help);
+    }
+    for (name, help) in GAUGES {
+        metrics::describe_gauge!(*name, *help);
+    }
 }
 
 #[derive(Clone)]

@@ -1,5 +1,21 @@
 //! Test harness for integration tests against the real stack that `ess stack up` runs:
 //! its configuration, per-test topics and databases, polling with a deadline.
+//!
+//! # Layout
+//!
+//! - this file: the stack's configuration, [`Ephemeral`] topics and databases, [`eventually`],
+//!   [`stop_merges`].
+//! - [`http`]: a raw HTTP/1.1 connection for what well-behaved clients never do (half-sent
+//!   heads, slow bodies, idling), and the request bytes the tests send on it.
+//! - [`topic`]: reading a topic back from the beginning, and checking every acknowledged
+//!   event is in it once.
+//! - [`broker`]: a private in-memory broker, for tests that stop or freeze it.
+//! - [`process`]: running a command that must succeed, signalling a process.
+
+pub mod broker;
+pub mod http;
+pub mod process;
+pub mod topic;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -89,5 +105,30 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port nothing listens on right now (the system picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Stops background merges of the test's replicated tables on every node, so a duplicate
+/// stays a row of its own until the test counts it (the tables are ReplacingMergeTree).
+pub async fn stop_merges(config: &Config) {
+    for url in config.clickhouse.all_nodes() {
+        let client = ess_core::clickhouse::client(&config.clickhouse, &url).with_validation(false);
+        client
+            .query(&format!(
+                "SYSTEM STOP MERGES {}.{}",
+                config.clickhouse.database,
+                config.clickhouse.local_table()
+            ))
+            .execute()
+            .await
+            .expect("stop merges");
     }
 }

@@ -108,7 +108,9 @@ pub struct IngestConfig {
     pub max_buffered_bytes: usize,
     /// Seconds clients are told to wait (`Retry-After`) when the broker is unavailable.
     pub retry_after_secs: u32,
-    /// Extra librdkafka producer properties, applied last (e.g. `batch.size`).
+    /// Extra librdkafka producer properties, applied last (e.g. `batch.size`). Numbers and
+    /// booleans are taken as written.
+    #[serde(deserialize_with = "super::overrides::properties")]
     pub producer: BTreeMap<String, String>,
     /// Threads serving HTTP: 0 serves on the caller's runtime; 1 on a dedicated single-threaded
     /// runtime (fewest cross-thread wake-ups); more on a dedicated multi-threaded one.

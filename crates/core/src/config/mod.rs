@@ -7,6 +7,7 @@
 
 mod ingest;
 mod load;
+mod overrides;
 mod security;
 mod sink;
 
@@ -92,7 +93,8 @@ pub struct KafkaConfig {
     /// SASL authentication to the brokers.
     pub sasl: KafkaSasl,
     /// Extra librdkafka properties applied to every client, over the ones ess derives from
-    /// the keys above (e.g. `socket.timeout.ms`).
+    /// the keys above (e.g. `socket.timeout.ms`). Numbers and booleans are taken as written.
+    #[serde(deserialize_with = "overrides::properties")]
     pub client: BTreeMap<String, String>,
 }
 
@@ -345,7 +347,7 @@ impl Config {
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| ConfigError::Override(item.clone()))?;
-            let path: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
+            let path = split_key(key.trim());
             set_path(&mut tree, &path, value, &format!("--set {key}"))?;
         }
         // Going through text makes toml's errors name the offending key and show its line.
@@ -384,6 +386,8 @@ impl Config {
         }
         self.kafka.tls.validate()?;
         self.kafka.sasl.validate()?;
+        overrides::check("kafka.client", &self.kafka.client)?;
+        overrides::check("ingest.producer", &self.ingest.producer)?;
         if !is_http_url(&self.clickhouse.url) {
             return bad("clickhouse.url", "must be an http:// or https:// URL");
         }
@@ -469,6 +473,21 @@ fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
+}
+
+/// `section.key` split at its dots; a double-quoted part keeps its dots, so librdkafka
+/// properties can be set: `kafka.client."socket.timeout.ms"`.
+fn split_key(key: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    for c in key.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            c => parts.last_mut().into_iter().for_each(|p| p.push(c)),
+        }
+    }
+    parts
 }
 
 /// Sets `path` in `tree` to `raw`, read as a TOML value when it is one (number, bool, array,

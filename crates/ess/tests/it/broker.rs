@@ -115,20 +115,7 @@ async fn durable_broker_keeps_messages_and_committed_offsets_across_a_restart() 
     let migrated = ess_core::migrate::run(&config).await.expect("migrate");
     // With merges stopped a duplicate stays a row of its own instead of being collapsed by
     // ReplacingMergeTree before we count.
-    for url in config.clickhouse.all_nodes() {
-        let (client, _) = ess_core::clickhouse::connect(&config.clickhouse, &url)
-            .await
-            .expect("ClickHouse");
-        client
-            .query(&format!(
-                "SYSTEM STOP MERGES {}.{}",
-                config.clickhouse.database,
-                config.clickhouse.local_table()
-            ))
-            .execute()
-            .await
-            .expect("stop merges");
-    }
+    ess_testkit::stop_merges(&config).await;
 
     let (stop_sink, stopped) = tokio::sync::oneshot::channel::<()>();
     let sink = ess_sink::start(config.clone(), async move {

@@ -3,20 +3,15 @@
 //! acknowledged event in Kafka, whatever its connections are doing and even with the broker
 //! frozen, and `ess load` with an API key sends what `ess verify` then finds.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ess_core::config::{Config, StackConfig};
+use ess_core::config::Config;
+use ess_testkit::broker::Broker;
+use ess_testkit::http::{self, Ending, KEY, Raw};
+use ess_testkit::topic::{assert_exactly_once, read_topic};
 use ess_testkit::{Ephemeral, eventually};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const KEY: &str = "test-key-0123456789abcdef";
 
 /// A free port in the range these tests use, a different one for each test.
 fn free_port() -> u16 {
@@ -67,9 +62,7 @@ fn spawn_ingest(config: &Config, port: u16, extra: &str) -> Ingest {
 
 async fn wait_ready(addr: SocketAddr) {
     eventually(Duration::from_secs(30), "ess ingest ready", || async move {
-        let mut conn = Conn::open(addr).await.ok()?;
-        conn.send(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        (conn.response(Duration::from_secs(5)).await.status() == Some(200)).then_some(())
+        (http::get(addr, "/readyz").await?.status() == Some(200)).then_some(())
     })
     .await;
 }
@@ -86,117 +79,15 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-}
-
-/// One raw HTTP/1.1 connection.
-struct Conn {
-    stream: TcpStream,
-}
-
-/// What the server sent.
-struct Answer {
-    bytes: Vec<u8>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    fn status(&self) -> Option<u16> {
-        self.text()
-            .strip_prefix("HTTP/1.1 ")?
-            .get(..3)?
-            .parse()
-            .ok()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let text = self.text();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        serde_json::from_str(body).unwrap_or_default()
-    }
-
-    fn ids(&self) -> Vec<String> {
-        assert_eq!(self.status(), Some(202), "{}", self.text());
-        self.json()["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|id| id.as_str().expect("id").to_owned())
-            .collect()
-    }
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> std::io::Result<Self> {
-        Ok(Self {
-            stream: TcpStream::connect(addr).await?,
-        })
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("send");
-    }
-
-    /// Reads one response (its body has a content-length) or until the server closes.
-    async fn response(&mut self, timeout: Duration) -> Answer {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut bytes = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if let Some(end) = complete(&bytes) {
-                bytes.truncate(end);
-                return Answer { bytes };
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
-                Ok(_) => return Answer { bytes },
-                Err(_) => panic!(
-                    "no response within {timeout:?}: {:?}",
-                    String::from_utf8_lossy(&bytes)
-                ),
-            }
-        }
-    }
-
-    /// Whether the server closes the connection before `deadline` (sending nothing).
-    async fn closed_by(&mut self, deadline: tokio::time::Instant) -> bool {
-        let mut buf = [0u8; 1024];
-        matches!(
-            tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await,
-            Ok(Ok(0) | Err(_))
-        )
-    }
-}
-
-fn complete(bytes: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let (head, _) = text.split_once("\r\n\r\n")?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let end = head.len() + 4 + length;
-    (bytes.len() >= end).then_some(end)
+    assert!(ess_testkit::process::signal(child, "TERM"), "kill -TERM");
 }
 
 /// `batches` connections that each sent a whole batch of three events, and one that sent
 /// the head of a 100-byte event and a few bytes of its body.
-async fn in_flight_and_uploading(addr: SocketAddr, batches: usize) -> (Vec<Conn>, Conn) {
+async fn in_flight_and_uploading(addr: SocketAddr, batches: usize) -> (Vec<Raw>, Raw) {
     let mut in_flight = Vec::new();
     for _ in 0..batches {
-        let mut conn = Conn::open(addr).await.expect("connect");
+        let mut conn = Raw::connect(addr).await;
         conn.send(&post(
             "/v1/events/batch",
             r#"[{"type":"f"},{"type":"f"},{"type":"f"}]"#,
@@ -204,84 +95,19 @@ async fn in_flight_and_uploading(addr: SocketAddr, batches: usize) -> (Vec<Conn>
         .await;
         in_flight.push(conn);
     }
-    let mut uploading = Conn::open(addr).await.expect("connect");
-    uploading
-        .send(
-            format!(
-                "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
-                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
-            )
-            .as_bytes(),
-        )
-        .await;
+    let mut uploading = Raw::connect(addr).await;
+    uploading.send(&http::uploading(KEY)).await;
     (in_flight, uploading)
 }
 
 fn post(path: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    http::raw_post(path, KEY, body)
 }
 
-/// The keys of every message in `topic`, read until at least `expect` and the end.
-async fn topic_keys(config: &Config, expect: usize) -> HashMap<String, usize> {
-    let brokers = config.kafka.brokers.clone();
-    let topic = config.kafka.topic.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", ess_testkit::unique("reader"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()
-            .expect("consumer");
-        let partitions =
-            ess_core::kafka::partition_ids(&consumer, &topic, Duration::from_secs(10)).unwrap();
-        let mut list = TopicPartitionList::new();
-        for p in &partitions {
-            list.add_partition_offset(&topic, *p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&list).unwrap();
-        let mut keys = HashMap::new();
-        let mut read = 0;
-        let mut at_end = std::collections::HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    at_end.remove(&m.partition());
-                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                    *keys.entry(key).or_insert(0) += 1;
-                    read += 1;
-                }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                    at_end.insert(p);
-                }
-                Some(Err(e)) => panic!("consume: {e}"),
-                None => {}
-            }
-            if read >= expect && at_end.len() == partitions.len() {
-                return keys;
-            }
-        }
-        panic!("read {read} of {expect} messages");
-    })
-    .await
-    .unwrap()
-}
-
-fn assert_each_once(keys: &HashMap<String, usize>, ids: &[String]) {
-    for id in ids {
-        assert_eq!(
-            keys.get(id),
-            Some(&1),
-            "acknowledged event {id} in the topic"
-        );
-    }
+/// Asserts every acknowledged id is in `config`'s topic once.
+async fn assert_in_topic_once(config: &Config, ids: &[String]) {
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    assert_exactly_once(&records, ids);
 }
 
 /// The memory bound documented in docs/api.md ("Memory"), for these settings.
@@ -324,7 +150,7 @@ async fn large_bodies_beyond_the_byte_budget_get_503_overloaded_and_memory_stays
     let half = request.len() / 2;
     let mut conns = Vec::new();
     for _ in 0..40 {
-        let mut conn = Conn::open(addr).await.expect("connect");
+        let mut conn = Raw::connect(addr).await;
         conn.send(&request[..half]).await;
         conns.push(conn);
     }
@@ -373,8 +199,7 @@ async fn large_bodies_beyond_the_byte_budget_get_503_overloaded_and_memory_stays
         peak >> 20,
         bound >> 20
     );
-    let keys = topic_keys(&eph.config, ids.len()).await;
-    assert_each_once(&keys, &ids);
+    assert_in_topic_once(&eph.config, &ids).await;
     sigterm(&ingest.child);
     assert!(ingest.child.wait().expect("wait").success());
     eph.cleanup().await;
@@ -399,7 +224,7 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
     let idle: Vec<_> = (0..50)
         .map(|_| {
             tokio::spawn(async move {
-                let mut conn = Conn::open(addr).await.expect("connect");
+                let mut conn = Raw::connect(addr).await;
                 conn.send(&post("/v1/events", r#"{"type":"idle"}"#)).await;
                 let ids = conn.response(Duration::from_secs(10)).await.ids();
                 (conn, ids)
@@ -415,7 +240,7 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
     }
     // Half-open: half a head, or nothing at all.
     for i in 0..400 {
-        let mut conn = Conn::open(addr).await.expect("connect");
+        let mut conn = Raw::connect(addr).await;
         if i % 4 != 0 {
             conn.send(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n").await;
         }
@@ -423,26 +248,10 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
     }
     // In flight: with the producer when SIGTERM comes; uploading: not with the producer yet.
     let (mut in_flight, mut uploading) = in_flight_and_uploading(addr, 16).await;
-    eventually(
-        Duration::from_secs(5),
-        "48 events in the producer",
-        || async move {
-            let mut conn = Conn::open(addr).await.ok()?;
-            conn.send(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
-            let text = conn.response(Duration::from_secs(5)).await.text();
-            let queued: f64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("ess_ingest_producer_queue_depth "))?
-                .trim()
-                .parse()
-                .ok()?;
-            (queued >= 48.0).then_some(())
-        },
-    )
-    .await;
+    producer_holds(addr, 48).await;
 
     sigterm(&ingest.child);
-    let signalled = tokio::time::Instant::now();
+    let signalled = Instant::now();
     // Half-open and idle connections are closed at once.
     let soon = signalled + Duration::from_secs(1);
     let watchers: Vec<_> = quiet
@@ -458,96 +267,57 @@ async fn sigterm_with_half_open_idle_and_in_flight_connections_exits_in_time() {
         "{open} of 450 quiet connections still open 1 s after SIGTERM"
     );
     // The upload is refused; the requests with the producer are answered 202.
-    let refused = uploading.response(Duration::from_secs(1)).await;
-    assert_eq!(refused.status(), Some(503), "{}", refused.text());
-    assert_eq!(refused.json()["error"], "shutting_down");
+    assert_shutting_down(&uploading.response(Duration::from_secs(1)).await);
     for conn in &mut in_flight {
         let answer = conn.response(Duration::from_secs(5)).await;
         ids.extend(answer.ids());
     }
     assert_eq!(ids.len(), 50 + 16 * 3);
     // The process ends in time, with status 0.
-    let deadline = signalled + shutdown_timeout + Duration::from_secs(1);
-    let status = loop {
-        if let Some(status) = ingest.child.try_wait().expect("wait") {
-            break status;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("ess ingest still running {shutdown_timeout:?} + 1 s after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut ingest.child, signalled, shutdown_timeout).await;
     assert!(status.success(), "{status}");
-    let keys = topic_keys(&eph.config, ids.len()).await;
-    assert_each_once(&keys, &ids);
+    assert_in_topic_once(&eph.config, &ids).await;
     eph.cleanup().await;
 }
 
-/// A private broker (the shared one is never frozen), stopped on drop.
-struct Broker {
-    child: Child,
+/// Waits until the producer's queue holds at least `events`.
+async fn producer_holds(addr: SocketAddr, events: u32) {
+    let what = format!("{events} events in the producer");
+    eventually(Duration::from_secs(5), &what, || async move {
+        (queue_depth(addr).await >= Some(f64::from(events))).then_some(())
+    })
+    .await;
 }
 
-impl Broker {
-    /// Starts one on `port` and creates `config`'s topic with 2 partitions.
-    async fn start(port: u16, config: &ess_core::config::KafkaConfig) -> Self {
-        let binary = ess_stack::install::ensure_broker(&StackConfig::default()).expect("tansu");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let broker = Self { child };
-        let brokers = config.brokers.clone();
-        eventually(Duration::from_secs(30), "private broker answers", || {
-            let brokers = brokers.clone();
-            async move {
-                tokio::task::spawn_blocking(move || ess_stack::broker_answers(&brokers))
-                    .await
-                    .ok()
-                    .filter(|up| *up)
-            }
-        })
-        .await;
-        ess_core::kafka::ensure_topic(config, &config.topic, 2)
-            .await
-            .expect("create topic");
-        broker
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
+/// Asserts `answer` is the 503 of a request refused because the server is shutting down.
+fn assert_shutting_down(answer: &Ending) {
+    assert_eq!(answer.status(), Some(503), "{}", answer.text());
+    assert_eq!(answer.json()["error"], "shutting_down");
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// How `child` ended, which it must do within `shutdown_timeout` (and a second's grace) of
+/// being `signalled`.
+async fn exit_within(
+    child: &mut Child,
+    signalled: Instant,
+    shutdown_timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = signalled + shutdown_timeout + Duration::from_secs(1);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ess ingest still running {shutdown_timeout:?} + 1 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// What the metrics say about the producer's queue.
 async fn queue_depth(addr: SocketAddr) -> Option<f64> {
-    let mut conn = Conn::open(addr).await.ok()?;
-    conn.send(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    let text = conn.response(Duration::from_secs(5)).await.text();
+    let text = http::get(addr, "/metrics").await?.text();
     text.lines()
         .find_map(|l| l.strip_prefix("ess_ingest_producer_queue_depth "))?
         .trim()
@@ -577,7 +347,7 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
 
     // Acknowledged before the broker stops answering.
     let mut ids = Vec::new();
-    let mut conn = Conn::open(addr).await.expect("connect");
+    let mut conn = Raw::connect(addr).await;
     for _ in 0..20 {
         conn.send(&post("/v1/events", r#"{"type":"before"}"#)).await;
         ids.extend(conn.response(Duration::from_secs(10)).await.ids());
@@ -586,12 +356,7 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
     // Frozen: its sockets stay open, nothing is answered.
     broker.signal("STOP");
     let (in_flight, mut uploading) = in_flight_and_uploading(addr, 8).await;
-    eventually(
-        Duration::from_secs(5),
-        "24 events in the producer",
-        || async move { (queue_depth(addr).await >= Some(24.0)).then_some(()) },
-    )
-    .await;
+    producer_holds(addr, 24).await;
 
     sigterm(&ingest.child);
     let signalled = Instant::now();
@@ -604,8 +369,7 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
     for task in tasks {
         answers.push(task.await.expect("client task"));
     }
-    assert_eq!(refused.status(), Some(503), "{}", refused.text());
-    assert_eq!(refused.json()["error"], "shutting_down");
+    assert_shutting_down(&refused);
     for answer in &answers {
         match answer.status() {
             Some(202) => ids.extend(answer.ids()),
@@ -620,23 +384,12 @@ async fn sigterm_with_the_broker_frozen_ends_by_the_deadline_with_every_acknowle
     }
     // The process ends by the deadline, with status 0, although the producer still holds
     // events the broker never acknowledged.
-    let deadline = signalled + shutdown_timeout + Duration::from_secs(1);
-    let status = loop {
-        if let Some(status) = ingest.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ess ingest still running {shutdown_timeout:?} + 1 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut ingest.child, signalled, shutdown_timeout).await;
     eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
     assert!(status.success(), "{status}");
 
     broker.signal("CONT");
-    let keys = topic_keys(&config, ids.len()).await;
-    assert_each_once(&keys, &ids);
+    assert_in_topic_once(&config, &ids).await;
 }
 
 /// `ess` with `config` and `args`, waiting for it; its stdout.

@@ -3,6 +3,7 @@
 //! every value, millisecond times included, intact — and the sink's own encoder writes the same
 //! bytes.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use ess_core::schema::EventRow;
+use ess_testkit::process::run;
 
 type Captured = Arc<Mutex<Vec<(String, Bytes)>>>;
 
@@ -51,6 +53,29 @@ async fn rowbinary_of(rows: &[EventRow]) -> (String, Bytes) {
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// What every chDB script starts with: a session in `argv[1]` and the statements of the DDL
+/// file `argv[2]` run in it, as `s`.
+const CHDB_PRELUDE: &str = r#"
+import sys
+from chdb import session
+s = session.Session(sys.argv[1])
+for stmt in open(sys.argv[2]).read().split(";\n"):
+    if stmt.strip():
+        s.query(stmt)
+"#;
+
+/// Runs `script` (after [`CHDB_PRELUDE`]) in chDB with a session in `dir`, the DDL in
+/// `ddl_path` and further arguments `args`; its stdout.
+fn chdb(script: &str, dir: &Path, ddl_path: &Path, args: &[&OsStr]) -> String {
+    let out = run(Command::new(repo_root().join("scripts/chdb-python"))
+        .arg("-c")
+        .arg(format!("{CHDB_PRELUDE}{script}"))
+        .arg(dir.join("session"))
+        .arg(ddl_path)
+        .args(args));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -107,31 +132,14 @@ async fn modern_ddl_and_rowbinary_load_into_current_clickhouse() {
     std::fs::create_dir_all(&dir).unwrap();
     let rows_path = dir.join("rows.bin");
     std::fs::write(&rows_path, &body).unwrap();
-    let ddl = Command::new(env!("CARGO_BIN_EXE_ess"))
-        .args(["migrate", "--print", "--server-version", "26.9"])
-        .args([
-            "--set",
-            "clickhouse.cluster=",
-            "--set",
-            "clickhouse.database=modern",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        ddl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ddl.stderr)
-    );
     let ddl_path = dir.join("ddl.sql");
-    std::fs::write(&ddl_path, &ddl.stdout).unwrap();
+    std::fs::write(
+        &ddl_path,
+        modern_ddl(&["clickhouse.cluster=", "clickhouse.database=modern"]),
+    )
+    .unwrap();
 
     let script = r#"
-import sys
-from chdb import session
-s = session.Session(sys.argv[1])
-for stmt in open(sys.argv[2]).read().split(";\n"):
-    if stmt.strip():
-        s.query(stmt)
 s.query(f"INSERT INTO modern.events ({sys.argv[4]}) FROM INFILE '{sys.argv[3]}' FORMAT RowBinary")
 print(s.query(
     "SELECT toString(id) AS id, type, source, toUnixTimestamp64Milli(event_time) AS e, "
@@ -140,21 +148,15 @@ print(s.query(
     "context FROM modern.events ORDER BY kafka_offset DESC "
     "FORMAT JSONEachRow"))
 "#;
-    let out = Command::new(repo_root().join("scripts/chdb-python"))
-        .arg("-c")
-        .arg(script)
-        .arg(dir.join("session"))
-        .arg(&ddl_path)
-        .arg(&rows_path)
-        .arg(ess_core::schema::COLUMN_NAMES)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chDB failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = chdb(
+        script,
+        &dir,
+        &ddl_path,
+        &[
+            rows_path.as_os_str(),
+            OsStr::new(ess_core::schema::COLUMN_NAMES),
+        ],
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     let back: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -192,13 +194,7 @@ fn modern_ddl(sets: &[&str]) -> String {
     for s in sets {
         cmd.args(["--set", s]);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(run(&mut cmd).stdout).unwrap()
 }
 
 #[test]
@@ -226,12 +222,6 @@ fn a_ttl_removes_rows_older_than_it_at_the_final_merge_and_keeps_newer_ones() {
         .expect("a TTL clause")
         .to_owned();
     let script = r#"
-import sys
-from chdb import session
-s = session.Session(sys.argv[1])
-for stmt in open(sys.argv[2]).read().split(";\n"):
-    if stmt.strip():
-        s.query(stmt)
 for kind, days in (("old", 45), ("recent", 2), ("today", 0)):
     s.query(
         "INSERT INTO ttl.events (id, type, source, event_time, ingest_time, store_time, "
@@ -242,20 +232,7 @@ s.query("ALTER TABLE ttl.events MODIFY TTL " + sys.argv[3])
 s.query("OPTIMIZE TABLE ttl.events FINAL")
 print("left:" + ",".join(str(s.query("SELECT type FROM ttl.events ORDER BY type", "CSV")).split()))
 "#;
-    let out = Command::new(repo_root().join("scripts/chdb-python"))
-        .arg("-c")
-        .arg(script)
-        .arg(dir.join("session"))
-        .arg(&ddl_path)
-        .arg(&ttl)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chDB failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = chdb(script, &dir, &ddl_path, &[OsStr::new(&ttl)]);
     assert!(
         stdout.contains(r#"before:"old","recent","today""#),
         "{stdout}"
@@ -287,18 +264,11 @@ for stmt in json.load(open(sys.argv[2])):
 "#;
     let list = dir.join(format!("statements-{}.json", ess_testkit::unique("s")));
     std::fs::write(&list, serde_json::to_vec(statements).unwrap()).unwrap();
-    let out = Command::new(repo_root().join("scripts/chdb-python"))
+    let out = run(Command::new(repo_root().join("scripts/chdb-python"))
         .arg("-c")
         .arg(script)
         .arg(dir.join("session"))
-        .arg(&list)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chDB failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&list));
     let outcomes: Vec<Result<String, String>> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()

@@ -25,6 +25,18 @@ fn row(i: i64) -> EventRow {
     }
 }
 
+/// Inserts `row` through the Distributed `table`, which sends it on to its shard at once.
+async fn insert_sync(client: &clickhouse::Client, table: &str, row: &EventRow) {
+    let mut insert = client
+        .clone()
+        .with_setting("insert_distributed_sync", "1")
+        .insert::<EventRow>(table)
+        .await
+        .expect("insert");
+    insert.write(row).await.expect("write");
+    insert.end().await.expect("end");
+}
+
 /// Rows with `id` in the local table on `url`, if it answers.
 async fn count_on(eph: &Ephemeral, url: &str, local: &str, id: &str) -> Option<u64> {
     eph.client(url)
@@ -42,14 +54,7 @@ async fn a_row_through_distributed_lands_on_one_shard_and_both_its_replicas() {
     let ch = &eph.config.clickhouse;
     let client = eph.client(&ch.url).await;
     let stored = row(0);
-    let mut insert = client
-        .clone()
-        .with_setting("insert_distributed_sync", "1")
-        .insert::<EventRow>(&ch.table)
-        .await
-        .expect("insert");
-    insert.write(&stored).await.expect("write");
-    insert.end().await.expect("end");
+    insert_sync(&client, &ch.table, &stored).await;
 
     // The shard the Distributed table's key picks for this id, as the server computes it:
     // remainder 0 is shard 1 (nodes 1 and 2), remainder 1 shard 2 (nodes 3 and 4).
@@ -182,11 +187,7 @@ async fn one_day_of_one_source_and_type_reads_a_small_share_of_thirty_days() {
     // Every replica has fetched the rows (the query may go to either).
     let local = eph.migrated.schema.local_table();
     for url in ch.all_nodes() {
-        let node = eph.client(&url).await;
-        node.query(&format!("SYSTEM SYNC REPLICA {local}"))
-            .execute()
-            .await
-            .expect("sync replica");
+        run_on(&eph, &url, &format!("SYSTEM SYNC REPLICA {local}")).await;
     }
     // The rows the query must count: tenant1, type2, 2025-11-15.
     let expected = (0..N)
@@ -222,10 +223,7 @@ async fn one_day_of_one_source_and_type_reads_a_small_share_of_thirty_days() {
             .execute()
             .await
             .expect("a logged query");
-        node.query("SYSTEM FLUSH LOGS")
-            .execute()
-            .await
-            .expect("flush");
+        run_on(&eph, &url, "SYSTEM FLUSH LOGS").await;
         let rows: u64 = node
             .query(
                 "SELECT sum(read_rows) FROM system.query_log WHERE initial_query_id = ? \
@@ -249,10 +247,7 @@ async fn one_day_of_one_source_and_type_reads_a_small_share_of_thirty_days() {
 async fn one_id_from_two_sources_is_two_rows_that_survive_a_final_merge() {
     let eph = Ephemeral::new(1).await;
     let ch = &eph.config.clickhouse;
-    let client = eph
-        .client(&ch.url)
-        .await
-        .with_setting("insert_distributed_sync", "1");
+    let client = eph.client(&ch.url).await;
     let a = EventRow {
         source: "key-a".into(),
         ..row(0)
@@ -264,13 +259,11 @@ async fn one_id_from_two_sources_is_two_rows_that_survive_a_final_merge() {
         ..a.clone()
     };
     for r in [&a, &b] {
-        let mut insert = client.insert::<EventRow>(&ch.table).await.expect("insert");
-        insert.write(r).await.expect("write");
-        insert.end().await.expect("end");
+        insert_sync(&client, &ch.table, r).await;
     }
     // The nodes of the shard holding the id (by their `shard` macro), each with both rows.
     let local = eph.migrated.schema.local_table();
-    let count_sql = format!("SELECT count() FROM {local} WHERE id = toUUID(?)");
+    let id = a.id.to_string();
     let mut by_shard: Vec<(String, String, u64)> = Vec::new();
     for url in ch.all_nodes() {
         let node = eph.client(&url).await;
@@ -279,12 +272,7 @@ async fn one_id_from_two_sources_is_two_rows_that_survive_a_final_merge() {
             .fetch_one()
             .await
             .expect("shard macro");
-        let n: u64 = node
-            .query(&count_sql)
-            .bind(a.id.to_string())
-            .fetch_one()
-            .await
-            .expect("count");
+        let n = count_on(&eph, &url, &local, &id).await.expect("count");
         by_shard.push((url, shard, n));
     }
     let holder = by_shard
@@ -299,27 +287,15 @@ async fn one_id_from_two_sources_is_two_rows_that_survive_a_final_merge() {
         .collect();
     assert_eq!(replicas.len(), 2);
     for url in &replicas {
-        let node = eph.client(url).await;
-        let (sql, id) = (count_sql.clone(), a.id.to_string());
         eventually(
             Duration::from_secs(10),
             "both rows on both replicas",
-            || {
-                let (node, sql, id) = (node.clone(), sql.clone(), id.clone());
-                async move {
-                    let n: u64 = node.query(&sql).bind(id).fetch_one().await.ok()?;
-                    (n == 2).then_some(())
-                }
-            },
+            || async { (count_on(&eph, url, &local, &id).await? == 2).then_some(()) },
         )
         .await;
     }
     for url in &replicas {
-        let node = eph.client(url).await;
-        node.query(&format!("OPTIMIZE TABLE {local} FINAL"))
-            .execute()
-            .await
-            .expect("optimize final");
+        run_on(&eph, url, &format!("OPTIMIZE TABLE {local} FINAL")).await;
     }
     let parts_sql = format!(
         "SELECT count() FROM system.parts WHERE database = currentDatabase() \
@@ -327,19 +303,10 @@ async fn one_id_from_two_sources_is_two_rows_that_survive_a_final_merge() {
     );
     for url in &replicas {
         let node = eph.client(url).await;
-        let (parts_sql, count_sql, id) = (parts_sql.clone(), count_sql.clone(), a.id.to_string());
-        let rows = eventually(Duration::from_secs(20), "one merged part", || {
-            let (node, parts_sql, count_sql, id) = (
-                node.clone(),
-                parts_sql.clone(),
-                count_sql.clone(),
-                id.clone(),
-            );
-            async move {
-                let parts: u64 = node.query(&parts_sql).fetch_one().await.ok()?;
-                let rows: u64 = node.query(&count_sql).bind(id).fetch_one().await.ok()?;
-                (parts == 1).then_some(rows)
-            }
+        let rows = eventually(Duration::from_secs(20), "one merged part", || async {
+            let parts: u64 = node.query(&parts_sql).fetch_one().await.ok()?;
+            let rows = count_on(&eph, url, &local, &id).await?;
+            (parts == 1).then_some(rows)
         })
         .await;
         assert_eq!(

@@ -16,10 +16,11 @@
 //! `ess stack up`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ess_core::config::{BrokerBuild, StackConfig};
+use ess_testkit::process::run;
 
 const PASSWORD: &str = "s3cret-for-ess";
 
@@ -32,17 +33,6 @@ fn free_ports() -> u16 {
             return base;
         }
     }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
 }
 
 /// A CA, a server certificate it signed for 127.0.0.1, and an unrelated second CA.

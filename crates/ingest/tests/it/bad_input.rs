@@ -5,53 +5,20 @@ use std::io::Write as _;
 use bytes::Bytes;
 use ess_testkit::Ephemeral;
 
-use crate::harness::{KEY, SLOW_KEY, Server, read_topic, with_keys};
-
-struct Case {
-    name: &'static str,
-    path: &'static str,
-    headers: Vec<(&'static str, String)>,
-    body: Bytes,
-    status: u16,
-    code: &'static str,
-    index: Option<u64>,
-}
+use crate::harness::{Case, KEY, SLOW_KEY, Server, assert_refused, assert_topic_holds, with_keys};
 
 fn json(name: &'static str, body: impl Into<Bytes>, status: u16, code: &'static str) -> Case {
-    Case {
-        name,
-        path: "/v1/events",
-        headers: vec![
-            ("x-api-key", KEY.into()),
-            ("content-type", "application/json".into()),
-        ],
-        body: body.into(),
-        status,
-        code,
-        index: None,
-    }
+    let headers = vec![
+        ("x-api-key", KEY.into()),
+        ("content-type", "application/json".into()),
+    ];
+    Case::post(name, "/v1/events", headers, body, status, code)
 }
 
 fn batch(name: &'static str, body: impl Into<Bytes>, status: u16, code: &'static str) -> Case {
     Case {
         path: "/v1/events/batch",
         ..json(name, body, status, code)
-    }
-}
-
-impl Case {
-    fn header(mut self, key: &'static str, value: &str) -> Self {
-        self.headers.retain(|(k, _)| *k != key);
-        self.headers.push((key, value.into()));
-        self
-    }
-    fn without(mut self, key: &'static str) -> Self {
-        self.headers.retain(|(k, _)| *k != key);
-        self
-    }
-    fn at(mut self, index: u64) -> Self {
-        self.index = Some(index);
-        self
     }
 }
 
@@ -303,7 +270,7 @@ fn cases() -> Vec<Case> {
             ..json("unknown path", event, 404, "not_found")
         },
         Case {
-            path: "/v1/events",
+            method: "GET",
             ..json("GET on a POST endpoint", "", 405, "method_not_allowed")
         },
     ]
@@ -314,44 +281,15 @@ async fn bad_inputs_get_their_exact_status_and_code() {
     let eph = Ephemeral::new(1).await;
     let config = with_keys(eph.config.clone());
     let (server, client) = Server::ready(config.clone()).await;
-    let mut failures = Vec::new();
     let cases = cases();
     assert!(cases.len() >= 25);
-    for case in cases {
-        let method = if case.name == "GET on a POST endpoint" {
-            "GET"
-        } else {
-            "POST"
-        };
-        let headers: Vec<(&str, &str)> =
-            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let reply = client
-            .send(method, case.path, &headers, case.body.clone())
-            .await;
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-        let ok = reply.status == case.status
-            && body["error"] == case.code
-            && body["message"].as_str().is_some_and(|m| !m.is_empty())
-            && body["index"].as_u64() == case.index
-            && (!matches!(case.status, 429 | 503) || reply.headers.contains_key("retry-after"));
-        if !ok {
-            failures.push(format!(
-                "{}: expected {} {} index {:?}, got {} {}",
-                case.name,
-                case.status,
-                case.code,
-                case.index,
-                reply.status,
-                String::from_utf8_lossy(&reply.body)
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert_refused(&client, &cases, |case, reply, _| {
+        !matches!(case.status, 429 | 503) || reply.headers.contains_key("retry-after")
+    })
+    .await;
     // Nothing of it reached Kafka; a valid event still does.
     let ids = client.post("/v1/events", r#"{"type":"ok"}"#).await.ids();
-    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 1).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].key, ids[0]);
+    assert_topic_holds(&config, &ids).await;
     server.stop().await;
     eph.cleanup().await;
 }
@@ -387,9 +325,8 @@ async fn an_invalid_request_costs_no_rate_limit_tokens() {
     // The whole burst is still there.
     let reply = send(r#"[{"type":"a"},{"type":"a"},{"type":"a"}]"#).await;
     let ids = reply.ids();
-    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 3).await;
-    assert_eq!(records.len(), 3);
-    crate::harness::assert_exactly_once(&records, &ids);
+    assert_eq!(ids.len(), 3);
+    assert_topic_holds(&config, &ids).await;
     server.stop().await;
     eph.cleanup().await;
 }

@@ -1,5 +1,5 @@
 //! The connection level: head, idle and body timeouts, the connection cap, refusing an
-//! over-limit key from its headers (`X-Event-Count`), and JSON bodies on the HTTP layer's own
+//! over-limit key from its headers (`X-Event-Count`; a Segment write key in the headers), and JSON bodies on the HTTP layer's own
 //! answers to unreadable heads.
 
 use std::time::{Duration, Instant};
@@ -8,7 +8,8 @@ use ess_core::config::ApiKey;
 use ess_testkit::Ephemeral;
 
 use crate::harness::{
-    KEY, Raw, SLOW_KEY, Server, metric, open_files_limit, raw_post, read_topic, with_keys,
+    KEY, Raw, SLOW_KEY, Server, assert_topic_holds, metric, open_files_limit, raw_post, read_topic,
+    uploading, with_keys,
 };
 
 /// The first part of a request head, never finished.
@@ -80,9 +81,7 @@ async fn half_open_connections_are_closed_by_the_head_timeout_while_others_are_s
     )
     .await;
     assert_eq!(timeouts, Some(count as f64));
-    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 1).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].key, ids[0]);
+    assert_topic_holds(&config, &ids).await;
     server.stop().await;
     eph.cleanup().await;
 }
@@ -173,7 +172,12 @@ async fn connections_over_the_cap_get_a_quick_503() {
     assert_eq!(reply.status(), Some(503), "{}", reply.text());
     assert_eq!(reply.json()["error"], "overloaded");
     assert!(reply.text().to_ascii_lowercase().contains("retry-after: 1"));
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // At once: not after a timeout (the head timeout here is 30 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // Open connections are still served.
     let ids = client.post("/v1/events", r#"{"type":"in"}"#).await.ids();
     // At least the one above (the client's pool may also have tried a new connection).
@@ -211,14 +215,7 @@ async fn a_slow_body_gets_408() {
     let (server, _client) = Server::ready(config.clone()).await;
     let mut raw = Raw::connect(server.addr).await;
     let started = Instant::now();
-    raw.send(
-        format!(
-            "POST /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
-             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":"
-        )
-        .as_bytes(),
-    )
-    .await;
+    raw.send(&uploading(KEY)).await;
     let reply = raw.response(Duration::from_secs(10)).await;
     let took = started.elapsed();
     assert_eq!(reply.status(), Some(408), "{}", reply.text());
@@ -231,45 +228,63 @@ async fn a_slow_body_gets_408() {
     eph.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_out_of_tokens_is_refused_before_its_body_is_read() {
+/// SLOW_KEY (a burst of 3, 1 token a second) spends its burst on `spend`, then sends `head`
+/// announcing a large body and no body: it is refused 429 at once, not after `read_timeout`.
+async fn out_of_tokens_is_refused_before_the_body(spend: Vec<u8>, head: String, ok: u16) {
     let eph = Ephemeral::new(1).await;
     let mut config = with_keys(eph.config.clone());
     config.ingest.read_timeout = Duration::from_secs(5);
     let (server, _client) = Server::ready(config.clone()).await;
-    // SLOW_KEY has a burst of 3 and gets 1 token a second.
     let mut raw = Raw::connect(server.addr).await;
-    raw.send(&raw_post(
-        "/v1/events/batch",
-        SLOW_KEY,
-        r#"[{"type":"a"},{"type":"a"},{"type":"a"}]"#,
-    ))
-    .await;
+    raw.send(&spend).await;
     assert_eq!(
         raw.response(Duration::from_secs(5)).await.status(),
-        Some(202)
+        Some(ok)
     );
-    // A head announcing a large body, and no body: refused at once.
     let started = Instant::now();
-    raw.send(
-        format!(
-            "POST /v1/events/batch HTTP/1.1\r\nhost: x\r\nx-api-key: {SLOW_KEY}\r\n\
-             content-type: application/json\r\ncontent-length: 100000\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await;
+    raw.send(head.as_bytes()).await;
     let reply = raw.response(Duration::from_secs(10)).await;
     assert_eq!(reply.status(), Some(429), "{}", reply.text());
     assert_eq!(reply.json()["error"], "rate_limited");
     assert!(reply.text().to_ascii_lowercase().contains("retry-after: 1"));
+    // The read timeout would have given 408 after 5 s.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
     server.stop().await;
     eph.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_out_of_tokens_is_refused_before_its_body_is_read() {
+    let spend = raw_post(
+        "/v1/events/batch",
+        SLOW_KEY,
+        r#"[{"type":"a"},{"type":"a"},{"type":"a"}]"#,
+    );
+    let head = format!(
+        "POST /v1/events/batch HTTP/1.1\r\nhost: x\r\nx-api-key: {SLOW_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+    );
+    out_of_tokens_is_refused_before_the_body(spend, head, 202).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_write_key_out_of_tokens_is_refused_before_its_body_is_read() {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{SLOW_KEY}:"));
+    let head = |length: usize| {
+        format!(
+            "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Basic {basic}\r\n\
+             content-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+    let call = r#"{"type":"track","event":"e","userId":"u"}"#;
+    let body = format!(r#"{{"batch":[{call},{call},{call}]}}"#);
+    let spend = format!("{}{body}", head(body.len())).into_bytes();
+    out_of_tokens_is_refused_before_the_body(spend, head(100_000), 200).await;
 }
 
 /// A key with a burst of 10 events, refilled at 1 event a second.
@@ -346,8 +361,9 @@ async fn a_declared_event_count_is_charged_from_the_headers_and_checked_against_
     assert_eq!(reply.status(), Some(429), "{}", reply.text());
     assert_eq!(reply.json()["error"], "rate_limited");
     assert!(reply.text().to_ascii_lowercase().contains("retry-after: "));
+    // At once: not after the read timeout (30 s) a missing body would take.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
@@ -382,13 +398,7 @@ async fn a_declared_event_count_is_charged_from_the_headers_and_checked_against_
     last.send(six.as_bytes()).await;
     let reply = last.response(Duration::from_secs(5)).await;
     assert_eq!(reply.status(), Some(202), "{}", reply.text());
-    ids.extend(
-        reply.json()["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|id| id.as_str().expect("id").to_owned()),
-    );
+    ids.extend(reply.ids());
 
     // Every accepted event is in Kafka, and nothing of the refused requests.
     let records = read_topic(&config.kafka.brokers, &config.kafka.topic, 10).await;

@@ -1,8 +1,8 @@
-//! The ingest server in-process on port 0, an HTTP client, and a consumer that reads a topic back.
+//! The ingest server in-process on port 0 and an HTTP client for it; with what `ess_testkit`
+//! has for raw connections and reading a topic back.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ess_core::config::{ApiKey, AuthMode, Config};
@@ -11,15 +11,13 @@ use hyper::header::HeaderMap;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The API key every test server accepts.
-pub const KEY: &str = "test-key-0123456789abcdef";
+pub use ess_testkit::http::{KEY, Raw, raw_post, uploading};
+pub use ess_testkit::topic::{Record, assert_exactly_once, read_topic};
+
 /// A key with a tiny rate limit (burst 3, 1 event/s).
 pub const SLOW_KEY: &str = "slow-key-0123456789abcdef";
 
@@ -227,240 +225,12 @@ impl Client {
     }
 }
 
-/// One message read back from the topic.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub key: String,
-    pub value: serde_json::Value,
-    pub raw: Vec<u8>,
-    pub timestamp_ms: Option<i64>,
-    pub schema_header: Option<String>,
-}
-
-/// Reads the whole topic from the beginning: at least `expect` messages, then until every
-/// partition is at its end (so duplicates would show).
-pub async fn read_topic(brokers: &str, topic: &str, expect: usize) -> Vec<Record> {
-    let brokers = brokers.to_owned();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic, expect))
-        .await
-        .expect("reader thread")
-}
-
-fn read_topic_blocking(brokers: &str, topic: &str, expect: usize) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", ess_testkit::unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    let partitions = ess_core::kafka::partition_ids(&consumer, topic, Duration::from_secs(10))
-        .expect("metadata");
-    assert!(!partitions.is_empty(), "topic {topic} has no partitions");
-    let mut list = TopicPartitionList::new();
-    for p in &partitions {
-        list.add_partition_offset(topic, *p, Offset::Beginning)
-            .expect("offset");
-    }
-    consumer.assign(&list).expect("assign");
-    let mut records = Vec::new();
-    let mut at_end: HashSet<i32> = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                at_end.remove(&message.partition());
-                let raw = message.payload().unwrap_or_default().to_vec();
-                let schema_header = message.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == "ess-schema")
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                });
-                records.push(Record {
-                    key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                    value: serde_json::from_slice(&raw).expect("message value is JSON"),
-                    raw,
-                    timestamp_ms: message.timestamp().to_millis(),
-                    schema_header,
-                });
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => panic!("consume: {e}"),
-            None => {}
-        }
-        if records.len() >= expect && at_end.len() == partitions.len() {
-            return records;
-        }
-    }
-    panic!(
-        "read {} of {expect} messages from {topic} before the deadline",
-        records.len()
-    );
-}
-
-/// Asserts every id appears exactly once among `records`, each keyed by its id.
-pub fn assert_exactly_once(records: &[Record], ids: &[String]) {
-    let mut seen = std::collections::HashMap::new();
-    for r in records {
-        assert_eq!(
-            r.value["id"].as_str(),
-            Some(r.key.as_str()),
-            "key is the event id"
-        );
-        *seen.entry(r.key.clone()).or_insert(0usize) += 1;
-    }
-    let mut missing = 0;
-    for id in ids {
-        match seen.get(id) {
-            Some(1) => {}
-            Some(n) => panic!("event {id} is in the topic {n} times"),
-            None => missing += 1,
-        }
-    }
-    assert_eq!(
-        missing, 0,
-        "{missing} acknowledged events are not in the topic"
-    );
-}
-
-/// A raw TCP connection, for what a well-behaved HTTP client never does (half-sent heads,
-/// slow bodies, idling).
-#[derive(Debug)]
-pub struct Raw {
-    pub stream: tokio::net::TcpStream,
-    pub opened: Instant,
-}
-
-/// How a raw connection ended while being read.
-#[derive(Debug)]
-pub struct Ending {
-    /// Everything the server sent.
-    pub bytes: Vec<u8>,
-    /// When the server closed the connection (EOF or reset), if it did before the deadline.
-    pub closed_at: Option<Instant>,
-}
-
-impl Ending {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    /// The status of the first response, if any arrived.
-    pub fn status(&self) -> Option<u16> {
-        let text = self.text();
-        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-    }
-
-    /// The JSON body of the first response.
-    pub fn json(&self) -> serde_json::Value {
-        let text = self.text();
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        serde_json::from_str(body).unwrap_or_default()
-    }
-}
-
-impl Raw {
-    pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        Self {
-            stream,
-            opened: Instant::now(),
-        }
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.stream.write_all(bytes).await.expect("send");
-    }
-
-    /// Reads until the server closes the connection or `deadline` passes.
-    pub async fn until_closed(&mut self, deadline: Instant) -> Ending {
-        use tokio::io::AsyncReadExt;
-        let mut bytes = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(&mut buf)).await;
-            match read {
-                Err(_elapsed) => {
-                    return Ending {
-                        bytes,
-                        closed_at: None,
-                    };
-                }
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    return Ending {
-                        bytes,
-                        closed_at: Some(Instant::now()),
-                    };
-                }
-                Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
-            }
-        }
-    }
-
-    /// Reads one response whose body has a `content-length`, waiting at most `timeout`.
-    pub async fn response(&mut self, timeout: Duration) -> Ending {
-        use tokio::io::AsyncReadExt;
-        let deadline = Instant::now() + timeout;
-        let mut bytes = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(end) = complete_response(&bytes) {
-                bytes.truncate(end);
-                return Ending {
-                    bytes,
-                    closed_at: None,
-                };
-            }
-            let read = tokio::time::timeout_at(deadline.into(), self.stream.read(&mut buf)).await;
-            match read {
-                Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
-                Ok(_) => {
-                    return Ending {
-                        bytes,
-                        closed_at: Some(Instant::now()),
-                    };
-                }
-                Err(_elapsed) => panic!(
-                    "no complete response within {timeout:?}; got {:?}",
-                    String::from_utf8_lossy(&bytes)
-                ),
-            }
-        }
-    }
-}
-
-/// The length of the first complete response in `bytes`, if it is complete.
-fn complete_response(bytes: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let (head, _) = text.split_once("\r\n\r\n")?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let end = head.len() + 4 + length;
-    (bytes.len() >= end).then_some(end)
-}
-
-/// A request head and body as raw bytes, with the test key.
-pub fn raw_post(path: &str, key: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+/// Reads `config`'s topic and asserts it holds exactly the events `ids`, each once; its records.
+pub async fn assert_topic_holds(config: &Config, ids: &[String]) -> Vec<Record> {
+    let records = read_topic(&config.kafka.brokers, &config.kafka.topic, ids.len()).await;
+    assert_eq!(records.len(), ids.len());
+    assert_exactly_once(&records, ids);
+    records
 }
 
 /// The process's limit on open files (the soft limit; Linux).
@@ -484,4 +254,95 @@ pub async fn metric(client: &Client, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A request that must be refused with `status` and a JSON body naming `code`.
+#[derive(Debug)]
+pub struct Case {
+    pub name: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+    pub status: u16,
+    pub code: &'static str,
+    /// The index of the event at fault in a batch.
+    pub index: Option<u64>,
+}
+
+impl Case {
+    /// A POST to `path` with `headers`.
+    pub fn post(
+        name: &'static str,
+        path: &'static str,
+        headers: Vec<(&'static str, String)>,
+        body: impl Into<Bytes>,
+        status: u16,
+        code: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            method: "POST",
+            path,
+            headers,
+            body: body.into(),
+            status,
+            code,
+            index: None,
+        }
+    }
+
+    /// With `key: value` instead of any `key` header it had.
+    pub fn header(mut self, key: &'static str, value: &str) -> Self {
+        self.headers.retain(|(k, _)| *k != key);
+        self.headers.push((key, value.into()));
+        self
+    }
+
+    /// Without the `key` header.
+    pub fn without(mut self, key: &'static str) -> Self {
+        self.headers.retain(|(k, _)| *k != key);
+        self
+    }
+
+    /// The error names the event at `index`.
+    pub fn at(mut self, index: u64) -> Self {
+        self.index = Some(index);
+        self
+    }
+}
+
+/// Sends every case; panics listing those not answered with their status and a JSON body
+/// whose `error` is their code, with a message and their index, for which `also` holds too.
+pub async fn assert_refused(
+    client: &Client,
+    cases: &[Case],
+    also: impl Fn(&Case, &Reply, &serde_json::Value) -> bool,
+) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let headers: Vec<(&str, &str)> =
+            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = client
+            .send(case.method, case.path, &headers, case.body.clone())
+            .await;
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+        let ok = reply.status == case.status
+            && body["error"] == case.code
+            && body["message"].as_str().is_some_and(|m| !m.is_empty())
+            && body["index"].as_u64() == case.index
+            && also(case, &reply, &body);
+        if !ok {
+            failures.push(format!(
+                "{}: expected {} {} index {:?}, got {} {}",
+                case.name,
+                case.status,
+                case.code,
+                case.index,
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }

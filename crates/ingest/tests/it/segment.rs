@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::harness::{Client, KEY, Server, with_keys};
+use crate::harness::{Case, Client, KEY, Server, assert_refused, with_keys};
 
 /// The directory the SDKs are installed in (installing them the first time).
 pub fn sdk_dir() -> PathBuf {
@@ -94,19 +94,13 @@ impl Pipeline {
 /// Runs an SDK script; returns the requests it reports (`{"status", "body"}` per line).
 fn run_sdk(program: &PathBuf, script: &str, url: &str, run: &str) -> Vec<Value> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(program)
-        .arg(root.join("tests/sdk").join(script))
-        .args([url, KEY, run])
-        .env("NODE_PATH", sdk_dir().join("node/node_modules"))
-        .output()
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = ess_testkit::process::run(
+        Command::new(program)
+            .arg(root.join("tests/sdk").join(script))
+            .args([url, KEY, run])
+            .env("NODE_PATH", sdk_dir().join("node/node_modules")),
     );
-    stdout
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
@@ -283,16 +277,11 @@ async fn serve_page() -> (String, tokio::task::JoinHandle<()>) {
 
 fn run_browser(page: &str, ingest: &str, key: &str, run: &str) -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new("node")
-        .arg(root.join("tests/sdk/browser.js"))
-        .args([page, ingest, key, run])
-        .env("NODE_PATH", sdk_dir().join("node/node_modules"))
-        .output()
-        .expect("run node browser.js");
-    assert!(
-        output.status.success(),
-        "browser.js failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = ess_testkit::process::run(
+        Command::new("node")
+            .arg(root.join("tests/sdk/browser.js"))
+            .args([page, ingest, key, run])
+            .env("NODE_PATH", sdk_dir().join("node/node_modules")),
     );
     serde_json::from_slice(&output.stdout).expect("browser.js prints JSON")
 }
@@ -428,17 +417,6 @@ async fn browser_sdk_in_chromium_sends_from_allowed_pages_only() {
     pipeline.stop().await;
 }
 
-/// One bad request to a Segment route and what it must get.
-struct Bad {
-    name: &'static str,
-    path: &'static str,
-    headers: Vec<(&'static str, String)>,
-    body: String,
-    status: u16,
-    code: &'static str,
-    index: Option<u64>,
-}
-
 fn basic(key: &str) -> String {
     use base64::Engine as _;
     format!(
@@ -447,44 +425,23 @@ fn basic(key: &str) -> String {
     )
 }
 
+/// One bad request to a Segment route and what it must get.
 fn bad(
     name: &'static str,
     path: &'static str,
     body: impl Into<String>,
     status: u16,
     code: &'static str,
-) -> Bad {
-    Bad {
-        name,
-        path,
-        headers: vec![
-            ("authorization", basic(KEY)),
-            ("content-type", "application/json".into()),
-        ],
-        body: body.into(),
-        status,
-        code,
-        index: None,
-    }
+) -> Case {
+    let headers = vec![
+        ("authorization", basic(KEY)),
+        ("content-type", "application/json".into()),
+    ];
+    let body: String = body.into();
+    Case::post(name, path, headers, body, status, code)
 }
 
-impl Bad {
-    fn header(mut self, key: &'static str, value: &str) -> Self {
-        self.headers.retain(|(k, _)| *k != key);
-        self.headers.push((key, value.into()));
-        self
-    }
-    fn without(mut self, key: &'static str) -> Self {
-        self.headers.retain(|(k, _)| *k != key);
-        self
-    }
-    fn at(mut self, index: u64) -> Self {
-        self.index = Some(index);
-        self
-    }
-}
-
-fn bad_cases() -> Vec<Bad> {
+fn bad_cases() -> Vec<Case> {
     let track = r#"{"event":"e","userId":"u"}"#;
     let good = r#"{"type":"track","event":"e","userId":"u"}"#;
     vec![
@@ -546,33 +503,10 @@ async fn bad_segment_calls_get_json_errors_and_nothing_is_written() {
     config.ingest.cors.allowed_origins = vec!["https://shop.example".into()];
     config.ingest.cors.public_keys = vec!["web".into()];
     let (server, client) = Server::ready(config.clone()).await;
-    let mut failures = Vec::new();
-    let cases = bad_cases();
-    for case in &cases {
-        let headers: Vec<(&str, &str)> =
-            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let reply = client
-            .send("POST", case.path, &headers, case.body.clone().into())
-            .await;
-        let body: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-        let ok = reply.status == case.status
-            && body["error"] == case.code
-            && body["code"] == case.code
-            && body["message"].as_str().is_some_and(|m| !m.is_empty())
-            && body["index"].as_u64() == case.index;
-        if !ok {
-            failures.push(format!(
-                "{}: expected {} {} index {:?}, got {} {}",
-                case.name,
-                case.status,
-                case.code,
-                case.index,
-                reply.status,
-                String::from_utf8_lossy(&reply.body)
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert_refused(&client, &bad_cases(), |case, _, body| {
+        body["code"] == case.code
+    })
+    .await;
     // Nothing of it reached Kafka; a valid call still does.
     let reply = client
         .send(

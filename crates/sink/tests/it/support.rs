@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ess_core::config::Config;
 use ess_core::wire::{Millis, WireEvent};
+pub use ess_testkit::stop_merges;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -145,23 +146,6 @@ impl InProcess {
         tokio::time::timeout(Duration::from_secs(60), self.running.wait())
             .await
             .expect("sink stops within 60 s")
-    }
-}
-
-/// Stops background merges of the test's replicated tables on every node, so a duplicate
-/// stays a row of its own until the test counts it (the tables are ReplacingMergeTree).
-pub async fn stop_merges(config: &Config) {
-    for url in config.clickhouse.all_nodes() {
-        let client = ess_core::clickhouse::client(&config.clickhouse, &url).with_validation(false);
-        client
-            .query(&format!(
-                "SYSTEM STOP MERGES {}.{}",
-                config.clickhouse.database,
-                config.clickhouse.local_table()
-            ))
-            .execute()
-            .await
-            .expect("stop merges");
     }
 }
 
