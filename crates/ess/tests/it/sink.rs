@@ -196,6 +196,7 @@ async fn sigkill_mid_stream_and_restart_store_every_event_exactly_once() {
         })
     };
 
+    let port = free_port();
     let mut sink = spawn_sink(&eph.config);
     // Kill it three times while rows flow, at different points of the stream.
     for threshold in [3_000u64, 12_000, 24_000] {
@@ -205,13 +206,21 @@ async fn sigkill_mid_stream_and_restart_store_every_event_exactly_once() {
         .await;
         sink.kill().expect("SIGKILL");
         sink.wait().expect("reaped");
-        sink = spawn_sink(&eph.config);
+        sink = spawn_sink_with(&eph.config, &[format!("sink.listen=\"127.0.0.1:{port}\"")]);
     }
     stream.await.expect("stream");
     let stored = eventually(Duration::from_secs(120), "every event stored", || async {
         let c = count(&eph).await;
         (c.0 >= total).then_some(c)
     })
+    .await;
+    // The last one holds the partitions (it is past its start-up, so the SIGTERM below is
+    // its graceful shutdown even when the one before had stored everything).
+    eventually(
+        Duration::from_secs(60),
+        "the last sink holds every partition",
+        || async { (assigned(port).await == Some(4)).then_some(()) },
+    )
     .await;
     assert_eq!(stored, (total, total), "count() = uniqExact(id) = accepted");
 
