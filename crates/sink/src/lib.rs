@@ -118,6 +118,23 @@ pub fn consumer_config(config: &Config) -> rdkafka::ClientConfig {
     c
 }
 
+/// Refuses to start when the table's `properties` column has the other type than
+/// `clickhouse.properties`: every insert would fail (and every row be dead-lettered). A table
+/// that cannot be read now is only logged.
+async fn check_properties_column(
+    client: &clickhouse::Client,
+    ch: &ess_core::config::ClickHouseConfig,
+) -> anyhow::Result<()> {
+    let check = ess_core::migrate::check_properties_column(client, ch);
+    match tokio::time::timeout(ch.timeout, check).await {
+        Ok(Err(e @ ess_core::migrate::MigrateError::Refused(_))) => return Err(e.into()),
+        Ok(Err(e)) => tracing::warn!("cannot read the table's columns: {e}"),
+        Err(_) => tracing::warn!("the table's columns were not read within {:?}", ch.timeout),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
+}
+
 /// Consumes until `shutdown` resolves, then stores and commits what is in flight, leaves the
 /// group and returns.
 pub async fn run(
@@ -168,17 +185,7 @@ pub async fn start(
     match tokio::time::timeout(ch.timeout, version).await {
         Ok(Ok(v)) => {
             tracing::info!(version = %v.text, "ClickHouse");
-            // A `properties` column of the other type would refuse every insert (and
-            // dead-letter every row): refuse to start instead.
-            let check = ess_core::migrate::check_properties_column(&clients[0].1, ch);
-            match tokio::time::timeout(ch.timeout, check).await {
-                Ok(Err(e @ ess_core::migrate::MigrateError::Refused(_))) => return Err(e.into()),
-                Ok(Err(e)) => tracing::warn!("cannot read the table's columns: {e}"),
-                Err(_) => {
-                    tracing::warn!("the table's columns were not read within {:?}", ch.timeout)
-                }
-                Ok(Ok(())) => {}
-            }
+            check_properties_column(&clients[0].1, ch).await?;
         }
         Ok(Err(e)) => tracing::warn!("ClickHouse does not answer yet (inserts will retry): {e}"),
         Err(_) => tracing::warn!(

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use ess_core::config::ApiKey;
 use ess_testkit::Ephemeral;
 
+use ess_testkit::http::Ending;
+
 use crate::harness::{
     KEY, Raw, SLOW_KEY, Server, assert_topic_holds, metric, open_files_limit, raw_post, read_topic,
     uploading, with_keys,
@@ -14,6 +16,21 @@ use crate::harness::{
 
 /// The first part of a request head, never finished.
 const HALF_HEAD: &[u8] = b"POST /v1/events HTTP/1.1\r\nHost: x\r\n";
+
+/// The reply refuses with `status`, the JSON `error` code and a `Retry-After` starting with
+/// `retry_after`, within `within` of `started` (rather than after a timeout).
+fn assert_refused_at_once(
+    reply: &Ending,
+    started: Instant,
+    (status, error, retry_after): (u16, &str, &str),
+    within: Duration,
+) {
+    assert_eq!(reply.status(), Some(status), "{}", reply.text());
+    assert_eq!(reply.json()["error"], error);
+    let header = format!("retry-after: {retry_after}");
+    assert!(reply.text().to_ascii_lowercase().contains(&header));
+    assert!(started.elapsed() < within, "{:?}", started.elapsed());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_connections_are_closed_by_the_head_timeout_while_others_are_served() {
@@ -169,14 +186,12 @@ async fn connections_over_the_cap_get_a_quick_503() {
     over.send(&raw_post("/v1/events", KEY, r#"{"type":"over"}"#))
         .await;
     let reply = over.response(Duration::from_secs(5)).await;
-    assert_eq!(reply.status(), Some(503), "{}", reply.text());
-    assert_eq!(reply.json()["error"], "overloaded");
-    assert!(reply.text().to_ascii_lowercase().contains("retry-after: 1"));
     // At once: not after a timeout (the head timeout here is 30 s).
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
+    assert_refused_at_once(
+        &reply,
+        started,
+        (503, "overloaded", "1"),
+        Duration::from_secs(3),
     );
     // Open connections are still served.
     let ids = client.post("/v1/events", r#"{"type":"in"}"#).await.ids();
@@ -244,14 +259,12 @@ async fn out_of_tokens_is_refused_before_the_body(spend: Vec<u8>, head: String, 
     let started = Instant::now();
     raw.send(head.as_bytes()).await;
     let reply = raw.response(Duration::from_secs(10)).await;
-    assert_eq!(reply.status(), Some(429), "{}", reply.text());
-    assert_eq!(reply.json()["error"], "rate_limited");
-    assert!(reply.text().to_ascii_lowercase().contains("retry-after: 1"));
     // The read timeout would have given 408 after 5 s.
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
+    assert_refused_at_once(
+        &reply,
+        started,
+        (429, "rate_limited", "1"),
+        Duration::from_secs(4),
     );
     server.stop().await;
     eph.cleanup().await;
@@ -358,14 +371,12 @@ async fn a_declared_event_count_is_charged_from_the_headers_and_checked_against_
     let started = Instant::now();
     stalled.send(&declaring_head("5", 1000)).await;
     let reply = stalled.response(Duration::from_secs(5)).await;
-    assert_eq!(reply.status(), Some(429), "{}", reply.text());
-    assert_eq!(reply.json()["error"], "rate_limited");
-    assert!(reply.text().to_ascii_lowercase().contains("retry-after: "));
     // At once: not after the read timeout (30 s) a missing body would take.
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
+    assert_refused_at_once(
+        &reply,
+        started,
+        (429, "rate_limited", ""),
+        Duration::from_secs(3),
     );
 
     // The first sends what it declared: 202.
