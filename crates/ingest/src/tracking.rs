@@ -155,17 +155,20 @@ async fn ingest(
         .or_else(|| crate::auth::presented_key(headers));
     // A known key out of tokens is refused from the headers, before its body is read (a key
     // given only in the body is checked once the body is parsed).
-    if let Some(key) = header_key
-        && let Ok(caller) = state.keys.check_presented(Some(key))
-    {
-        state.keys.has_tokens(&caller)?;
+    let header_caller = header_key.map(|key| state.keys.check_presented(Some(key)));
+    if let Some(Ok(caller)) = &header_caller {
+        state.keys.has_tokens(caller)?;
     }
     let mut received_body = state.intake.receive(headers, body, encoding).await?;
     let text = client_event::as_text(&received_body.bytes)?;
     let received = Millis::now();
     let parsed = segment::parse(text, route, &state.limits, &state.tracking.sizes, received)?;
-    let presented = header_key.or(parsed.write_key.as_deref().map(str::as_bytes));
-    let caller = state.keys.check_presented(presented)?;
+    let caller = match header_caller {
+        Some(checked) => checked?,
+        None => state
+            .keys
+            .check_presented(parsed.write_key.as_deref().map(str::as_bytes))?,
+    };
     if state.config.auth == AuthMode::On {
         match (from, state.keys.is_public(&caller)) {
             (From::Page(_), false) => {
